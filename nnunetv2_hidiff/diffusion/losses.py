@@ -1,0 +1,71 @@
+"""Diffusion objective of HiDiff: L_diff = L_KL + λ_focal·L_focal (Eq. 11-13).
+
+All losses are means over every element (B, K, *spatial), in nats.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .bernoulli import BernoulliDiffusion, calibrate
+
+PROB_EPS = 1e-7  # keeps log() finite where a predicted probability saturates at 0 or 1
+
+
+def bernoulli_kl(q: torch.Tensor, p: torch.Tensor, eps: float = PROB_EPS) -> torch.Tensor:
+    """Element-wise KL(B(q) ‖ B(p)) = q·log(q/p) + (1 − q)·log((1 − q)/(1 − p)), in nats.
+
+    Both arguments may be exactly 0 or 1. The logarithms see values clamped to [eps, 1 − eps]
+    while the weights q and 1 − q do not, so 0·log 0 counts as 0 and, unlike xlogy(q, q), the
+    gradient with respect to q stays finite at q = 0 (q carries gradients to the prior).
+    The clamp changes the value by at most about eps per element.
+    """
+    q_log = q.clamp(eps, 1 - eps)
+    p_log = p.clamp(eps, 1 - eps)
+    return q * (q_log.log() - p_log.log()) + (1 - q) * ((1 - q_log).log() - (1 - p_log).log())
+
+
+def focal_loss_with_logits(eps_logits: torch.Tensor, eps: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Eq. 12, mean over all elements; the refiner's output is given as logits of ε̂.
+
+    −[ε·(1 − ε̂)^γ·log ε̂ + (1 − ε)·ε̂^γ·log(1 − ε̂)],  ε̂ = sigmoid(logits).
+    γ = 0 gives binary cross-entropy (L_BCE of BerDiff). log-sigmoid keeps it finite for any logit.
+    """
+    log_p = F.logsigmoid(eps_logits)  # log ε̂
+    log_1mp = F.logsigmoid(-eps_logits)  # log(1 − ε̂)
+    if gamma == 0:
+        loss = -(eps * log_p + (1 - eps) * log_1mp)
+    else:
+        loss = -(eps * torch.exp(gamma * log_1mp) * log_p + (1 - eps) * torch.exp(gamma * log_p) * log_1mp)
+    return loss.mean()
+
+
+@dataclass
+class DiffusionLoss:
+    """The terms of L_diff for one batch (scalars)."""
+    total: torch.Tensor
+    kl: torch.Tensor
+    focal: torch.Tensor
+
+
+def diffusion_loss(diffusion: BernoulliDiffusion, eps_logits: torch.Tensor, eps: torch.Tensor,
+                   y_t: torch.Tensor, y0: torch.Tensor, prior: torch.Tensor, t: torch.Tensor,
+                   gamma: float = 2.0, lambda_focal: float = 1.0) -> DiffusionLoss:
+    """L_diff = KL(q(y_{t-1} | y_t, y0, p) ‖ p_θ(y_{t-1} | y_t, p)) + λ_focal·Focal(ε̂, ε)  (Eq. 11-13).
+
+    eps_logits: refiner output (B, K, *spatial), ε̂ = sigmoid(eps_logits); eps: the true noise;
+    y_t, y0 (hard), prior p: (B, K, *spatial); t: (B,) in 1..T.
+    One refiner forward serves both terms (the authors' code runs the network twice).
+    At t = 1 the target posterior is the point mass at y0 (ᾱ_0 = 1), so the KL term equals the
+    decoder negative log-likelihood −log p_θ(y0 | y_1, p); no separate t = 0 branch is needed.
+    Gradients reach the prior p (through both posteriors) when it is not detached, as in the
+    segmentor step of Algorithm 1.
+    """
+    eps_hat = torch.sigmoid(eps_logits)
+    target = diffusion.posterior(y_t, y0, prior, t)  # Eq. 7
+    predicted = diffusion.posterior(y_t, calibrate(y_t, eps_hat), prior, t)  # Eq. 9-10
+    kl = bernoulli_kl(target, predicted).mean()  # Eq. 11
+    focal = focal_loss_with_logits(eps_logits, eps, gamma)  # Eq. 12
+    return DiffusionLoss(total=kl + lambda_focal * focal, kl=kl, focal=focal)  # Eq. 13

@@ -1,0 +1,99 @@
+"""Bernoulli DDIM sampler (paper Algorithm 2), in the style of diffusers' schedulers.
+
+The sampler never calls a network: the caller computes ε̂ for (y_t, t) and hands it to ``step``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+from .bernoulli import BernoulliDiffusion, calibrate
+
+
+@dataclass
+class SamplerStepOutput:
+    """Result of one reverse step.
+
+    prev_sample: y_{t_prev} (B, K, *spatial): a {0,1} sample, or at the last step ŷ0 itself
+        (final="mean") or a sample of it (final="sample").
+    pred_y0: ŷ0 = |y_t − ε̂| (Eq. 10), soft.
+    prev_mean: the Bernoulli mean that prev_sample was drawn from.
+    """
+    prev_sample: torch.Tensor
+    pred_y0: torch.Tensor
+    prev_mean: torch.Tensor
+
+
+def respaced_timesteps(num_steps: int, num_inference_steps: int) -> List[int]:
+    """Evenly spaced descending subsequence of 1..T with T first, e.g. T=10, n=4 → [10, 7, 4, 1]."""
+    if not 1 <= num_inference_steps <= num_steps:
+        raise ValueError(f"num_inference_steps must be in 1..{num_steps}, got {num_inference_steps}")
+    if num_inference_steps == 1:
+        return [num_steps]
+    points = torch.linspace(num_steps, 1, num_inference_steps, dtype=torch.float64).round().long()
+    return [int(v) for v in points]
+
+
+class BernoulliDDIMSampler:
+    """DDIM for the prior-conditioned Bernoulli diffusion (Algorithm 2, DDIM branch).
+
+    From y_t and ŷ0 = |y_t − ε̂| the next state is drawn as
+        y_{t'} ~ B(σ·y_t + (ᾱ_{t'} − σ·ᾱ_t)·ŷ0 + ((1 − ᾱ_{t'}) − σ·(1 − ᾱ_t))·p),
+        σ = (1 − ᾱ_{t'}) / (1 − ᾱ_t),
+    where t' is the next step of the (possibly respaced) sequence (t' = t − 1 without respacing).
+    With this σ the coefficient of p is exactly 0 and the other two sum to 1, so the mean is a
+    convex combination of y_t and ŷ0. At the last step t' = 0, ᾱ_0 = 1, σ = 0 and the mean is ŷ0.
+
+    Args:
+        diffusion: the BernoulliDiffusion whose schedule the refiner was trained with.
+        num_inference_steps: how many of the T steps to visit (1..T); default T.
+        final: "mean" returns ŷ0 (soft probabilities) at the last step; "sample" returns B(ŷ0).
+    """
+
+    def __init__(self, diffusion: BernoulliDiffusion, num_inference_steps: Optional[int] = None,
+                 final: str = "mean"):
+        if final not in ("mean", "sample"):
+            raise ValueError(f"final must be 'mean' or 'sample', got {final!r}")
+        self.diffusion = diffusion
+        self.final = final
+        self.set_timesteps(num_inference_steps or diffusion.num_steps)
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        """Choose the respaced sequence, e.g. 10 → [10, 9, ..., 1]."""
+        self.timesteps = respaced_timesteps(self.diffusion.num_steps, num_inference_steps)
+        self._previous = {t: (self.timesteps[i + 1] if i + 1 < len(self.timesteps) else 0)
+                          for i, t in enumerate(self.timesteps)}
+
+    def previous_timestep(self, t: int) -> int:
+        return self._previous[int(t)]
+
+    @staticmethod
+    def initial_sample(prior: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """y_T ~ B(p), the start of the reverse chain (Algorithm 2)."""
+        return torch.bernoulli(prior.clamp(0, 1), generator=generator)
+
+    def step(self, eps_hat: torch.Tensor, t: int, y_t: torch.Tensor, prior: torch.Tensor,
+             generator: Optional[torch.Generator] = None) -> SamplerStepOutput:
+        """One reverse step from t to the previous step of the sequence.
+
+        eps_hat: predicted noise probabilities (B, K, *spatial); t: current step (python int, one of
+        self.timesteps); y_t: current state; prior: p. Returns SamplerStepOutput.
+        """
+        t = int(t)
+        if t not in self._previous:
+            raise ValueError(f"t={t} is not one of this sampler's timesteps {self.timesteps}")
+        t_prev = self._previous[t]
+        ab = self.diffusion.alpha_bars
+        ab_t, ab_prev = float(ab[t]), float(ab[t_prev])
+        sigma = (1 - ab_prev) / (1 - ab_t)  # σ_t of Algorithm 2
+        y0_hat = calibrate(y_t, eps_hat)  # Eq. 10
+        coef_prior = (1 - ab_prev) - sigma * (1 - ab_t)  # 0 up to rounding; kept to mirror Algorithm 2
+        mean = sigma * y_t + (ab_prev - sigma * ab_t) * y0_hat + coef_prior * prior
+        mean = mean.clamp(0, 1)
+        if t_prev == 0 and self.final == "mean":
+            prev = mean
+        else:
+            prev = torch.bernoulli(mean, generator=generator)
+        return SamplerStepOutput(prev_sample=prev, pred_y0=y0_hat, prev_mean=mean)

@@ -1,0 +1,147 @@
+"""Losses (Eq. 11-13) and the Bernoulli DDIM sampler (Algorithm 2)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunetv2_hidiff.diffusion import (BernoulliDDIMSampler, BernoulliDiffusion, bernoulli_kl, calibrate,
+                                       diffusion_loss, focal_loss_with_logits, respaced_timesteps)
+
+T = 10
+
+
+def test_bernoulli_kl_closed_form():
+    q = torch.tensor([0.1, 0.5, 0.9, 0.3, 0.0, 1.0], dtype=torch.float64)
+    p = torch.tensor([0.1, 0.2, 0.6, 0.3, 0.4, 0.8], dtype=torch.float64)
+    got = bernoulli_kl(q, p)
+    for qi, pi, gi in zip(q.tolist(), p.tolist(), got.tolist()):
+        exp = (qi * math.log(qi / pi) if qi > 0 else 0) + ((1 - qi) * math.log((1 - qi) / (1 - pi)) if qi < 1 else 0)
+        assert gi == pytest.approx(exp, abs=2e-7)  # the log clamp costs at most ~1e-7
+    assert got[0] == 0 and got[3] == 0  # identical distributions
+    assert torch.all(got[[1, 2, 4, 5]] > 0)
+    assert torch.isfinite(bernoulli_kl(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))).all()
+
+
+def test_focal_gamma0_is_bce():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 2, 7, 5, generator=g) * 4
+    target = (torch.rand(3, 2, 7, 5, generator=g) > 0.7).float()
+    assert torch.allclose(focal_loss_with_logits(logits, target, gamma=0),
+                          F.binary_cross_entropy_with_logits(logits, target), atol=1e-6)
+
+
+def test_focal_gamma2_formula_and_downweighting():
+    logits = torch.tensor([-3.0, -0.5, 0.0, 0.8, 2.5], dtype=torch.float64)
+    target = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    pr = 1 / (1 + np.exp(-logits.numpy()))
+    y = target.numpy()
+    expected = np.mean(-(y * (1 - pr) ** 2 * np.log(pr) + (1 - y) * pr ** 2 * np.log(1 - pr)))  # Eq. 12
+    assert focal_loss_with_logits(logits, target, gamma=2).item() == pytest.approx(expected, rel=1e-10)
+    # well-classified pixels count less than under BCE
+    assert focal_loss_with_logits(logits, target, 2) < focal_loss_with_logits(logits, target, 0)
+    # finite for saturated logits
+    assert torch.isfinite(focal_loss_with_logits(torch.tensor([80.0, -80.0]), torch.tensor([0.0, 1.0]), 2))
+
+
+def make_batch(K=3, shape=(6, 5), B=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y0 = F.one_hot(torch.randint(0, K, (B, *shape), generator=g), K).movedim(-1, 1).float()
+    p = torch.softmax(torch.randn(B, K, *shape, generator=g) * 2, 1)
+    return y0, p, g
+
+
+def test_diffusion_loss_terms():
+    d = BernoulliDiffusion(T)
+    y0, p, g = make_batch()
+    t = torch.tensor([1, 3, 7, 10])
+    y_t, eps = d.q_sample(y0, p, t, generator=g)
+    # a near-perfect noise predictor: logits of ±20 at the true noise
+    perfect = (eps * 2 - 1) * 20
+    out = diffusion_loss(d, perfect, eps, y_t, y0, p, t)
+    assert out.kl.item() < 1e-6 and out.focal.item() < 1e-6
+    bad = -perfect
+    worse = diffusion_loss(d, bad, eps, y_t, y0, p, t)
+    assert worse.kl > 1 and worse.focal > 1
+    assert worse.total.item() == pytest.approx(worse.kl.item() + worse.focal.item(), rel=1e-6)
+    half = diffusion_loss(d, bad, eps, y_t, y0, p, t, lambda_focal=0.5)
+    assert half.total.item() == pytest.approx(half.kl.item() + 0.5 * half.focal.item(), rel=1e-6)
+
+
+def test_diffusion_loss_gradients_reach_prior_and_refiner_output():
+    d = BernoulliDiffusion(T)
+    y0, p, g = make_batch(K=2)
+    # saturated priors (exact 0/1 entries) are the NaN risk of the authors' code
+    p = torch.where(torch.rand(p.shape, generator=g) > 0.5, y0, p).requires_grad_(True)
+    t = torch.tensor([1, 2, 9, 10])
+    y_t, eps = d.q_sample(y0, p.detach(), t, generator=g)
+    logits = torch.randn(y0.shape, generator=g).requires_grad_(True)
+    out = diffusion_loss(d, logits, eps, y_t, y0, p, t)
+    out.total.backward()
+    assert torch.isfinite(out.total) and torch.isfinite(p.grad).all() and torch.isfinite(logits.grad).all()
+    assert p.grad.abs().sum() > 0 and logits.grad.abs().sum() > 0
+
+
+def test_respacing():
+    assert respaced_timesteps(10, 10) == list(range(10, 0, -1))
+    assert respaced_timesteps(10, 1) == [10]
+    r = respaced_timesteps(10, 4)
+    assert r[0] == 10 and r[-1] == 1 and r == sorted(set(r), reverse=True)
+    with pytest.raises(ValueError):
+        respaced_timesteps(10, 11)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10])
+@pytest.mark.parametrize("final", ["mean", "sample"])
+@pytest.mark.parametrize("shape", [(2, 1, 8, 7), (2, 4, 8, 7), (2, 3, 4, 5, 6)])
+def test_ddim_with_perfect_noise_predictor_recovers_y0(steps, final, shape):
+    d = BernoulliDiffusion(T)
+    g = torch.Generator().manual_seed(steps)
+    y0 = (torch.rand(shape, generator=g) > 0.6).float()
+    p = torch.rand(shape, generator=g)
+    p[0] = 0.0 if shape[1] > 1 else 1.0  # hard priors are allowed
+    sampler = BernoulliDDIMSampler(d, num_inference_steps=steps, final=final)
+    y = sampler.initial_sample(p, generator=g)
+    for t in sampler.timesteps:
+        eps_hat = (y - y0).abs()  # the oracle knows the noise: y_t XOR y0
+        out = sampler.step(eps_hat, t, y, p, generator=g)
+        assert torch.equal(out.pred_y0, y0)
+        y = out.prev_sample
+    assert torch.equal(y, y0)
+
+
+def test_ddim_step_is_independent_of_prior_and_preserves_marginals():
+    d = BernoulliDiffusion(T)
+    sampler = BernoulliDDIMSampler(d, num_inference_steps=4)  # 10 -> 7 -> 4 -> 1 -> 0
+    n = 100000
+    y0 = torch.tensor([0.0, 1.0]).repeat(n // 2).view(n, 1)
+    p = torch.full_like(y0, 0.35)
+    g = torch.Generator().manual_seed(3)
+    t, t_prev = 7, sampler.previous_timestep(7)
+    assert t_prev == 4
+    y_t, _ = d.q_sample(y0, p, torch.full((n,), t), generator=g)
+    eps_hat = (y_t - y0).abs()
+    m1 = sampler.step(eps_hat, t, y_t, p).prev_mean
+    m2 = sampler.step(eps_hat, t, y_t, torch.rand(p.shape, generator=g)).prev_mean
+    assert torch.allclose(m1, m2, atol=1e-6)  # coefficient of p is 0 with sigma_t of Algorithm 2
+    # with a perfect predictor, E[y_{t'}] equals Eq. 6 at t' (the DDIM marginal property)
+    for v in (0.0, 1.0):
+        sel = y0[:, 0] == v
+        expected = d.q_mean(y0[sel][:1], p[sel][:1], torch.tensor([t_prev])).item()
+        assert m1[sel].mean().item() == pytest.approx(expected, abs=0.01)
+
+
+def test_sampler_rejects_unknown_step_and_bad_final():
+    d = BernoulliDiffusion(T)
+    s = BernoulliDDIMSampler(d, num_inference_steps=3)
+    with pytest.raises(ValueError, match="timesteps"):
+        s.step(torch.zeros(1, 1), 5, torch.zeros(1, 1), torch.zeros(1, 1))
+    with pytest.raises(ValueError, match="final"):
+        BernoulliDDIMSampler(d, final="argmax")
+
+
+def test_calibration_eq10():
+    y_t = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    eps_hat = torch.tensor([0.1, 0.9, 0.1, 0.9])
+    assert torch.allclose(calibrate(y_t, eps_hat), torch.tensor([0.1, 0.9, 0.9, 0.1]))
