@@ -1,0 +1,49 @@
+"""``nnunetv2_hidiff_predict``: nnUNetv2_predict with HiDiff's prediction-time options.
+
+    nnunetv2_hidiff_predict --steps 5 --samples 4 -- -i imgs -o out -d 901 -c 2d -f 0 -tr nnUNetTrainerHiDiff
+
+Everything after the HiDiff options (an optional ``--`` separates them) is passed to nnU-Net's own
+``nnUNetv2_predict`` unchanged. The options become the nnUNet_HiDiff_* environment variables that the
+HiDiff trainers read when nnU-Net's predictor builds the network (see
+nnunetv2_hidiff.training.inference_settings), so plain ``nnUNetv2_predict`` honours them as well.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from nnunetv2_hidiff.training.inference_settings import ENV_REFINE, ENV_SAMPLES, ENV_SEED, ENV_STEPS
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(prog="nnunetv2_hidiff_predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, help="DDIM steps (1..T, default T = 10)")
+    parser.add_argument("--samples", type=int, help="refinement samples averaged per patch (default 1)")
+    parser.add_argument("--seed", type=int, help="sampler seed (default 0)")
+    parser.add_argument("--no-refine", action="store_true", help="return the segmentor's prediction unrefined")
+    args, rest = parser.parse_known_args(argv)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    for name, value in (("--steps", args.steps), ("--samples", args.samples)):
+        if value is not None and value < 1:
+            parser.error(f"{name} must be at least 1, got {value}")
+    return args, rest
+
+
+def main(argv=None) -> None:
+    args, rest = parse(sys.argv[1:] if argv is None else argv)
+    for env, value in ((ENV_STEPS, args.steps), (ENV_SAMPLES, args.samples), (ENV_SEED, args.seed)):
+        if value is not None:
+            os.environ[env] = str(value)
+    if args.no_refine:
+        os.environ[ENV_REFINE] = "0"
+    from nnunetv2.inference.predict_from_raw_data import predict_entry_point
+
+    sys.argv = ["nnUNetv2_predict"] + rest
+    predict_entry_point()
+
+
+if __name__ == "__main__":
+    main()

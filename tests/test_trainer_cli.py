@@ -1,0 +1,101 @@
+"""End to end through nnU-Net's own command-line entry points: train, kill and --c, predict."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tiny_dataset import BIN, nnunet_env, run_cli
+
+TRAINER_DIR = "nnUNetTrainerHiDiff_smoke__nnUNetPlans__2d"
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_nnunet):
+    """One smoke training of fold 0 with the real nnUNetv2_train."""
+    env = nnunet_env(tiny_nnunet)
+    proc = run_cli("nnUNetv2_train", ["990", "2d", "0", "-tr", "nnUNetTrainerHiDiff_smoke", "-device", "cpu"], env)
+    return tiny_nnunet, env, proc
+
+
+def test_smoke_training_writes_checkpoint_validation_and_progress(trained):
+    root, _, proc = trained
+    fold = root / "results" / "Dataset990_Tiny" / TRAINER_DIR / "fold_0"
+    assert (fold / "checkpoint_final.pth").is_file()
+    assert not (fold / "checkpoint_latest.pth").exists()  # nnU-Net removes it after the final one
+    assert (fold / "progress.png").stat().st_size > 10_000
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert set(summary["mean"]) == {"1", "2"}
+    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+    assert "HD95" in summary["foreground_mean"] and "hidiff_nan_ratio" in summary  # our metrics were added
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "refiner L_diff" in log and "HiDiff:" in log
+
+
+def _check_predictions(out_dir, raw_images):
+    for img in sorted(raw_images.glob("*_0000.nii.gz")):
+        pred = out_dir / img.name.replace("_0000.nii.gz", ".nii.gz")
+        assert pred.is_file(), pred
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(pred)))
+        assert seg.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(img))).shape
+        assert set(np.unique(seg)) <= {0, 1, 2}
+
+
+def test_predict_with_refinement_through_nnunet_cli(trained, tmp_path):
+    root, env, _ = trained
+    images = root / "raw" / "Dataset990_Tiny" / "imagesTs"
+    env = dict(env, nnUNet_HiDiff_steps="2", nnUNet_HiDiff_samples="2")
+    run_cli("nnUNetv2_predict", ["-i", images, "-o", tmp_path / "refined", "-d", "990", "-c", "2d", "-f", "0",
+                                 "-tr", "nnUNetTrainerHiDiff_smoke", "-device", "cpu", "--disable_tta",
+                                 "-npp", "1", "-nps", "1"], env)
+    _check_predictions(tmp_path / "refined", images)
+
+
+def test_hidiff_predict_wrapper_options(trained, tmp_path):
+    root, env, _ = trained
+    images = root / "raw" / "Dataset990_Tiny" / "imagesTs"
+    common = ["-i", images, "-d", "990", "-c", "2d", "-f", "0", "-tr", "nnUNetTrainerHiDiff_smoke",
+              "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"]
+    run_cli("nnunetv2_hidiff_predict", ["--no-refine", "--", "-o", tmp_path / "plain", *common], env)
+    _check_predictions(tmp_path / "plain", images)
+    bad = subprocess.run([str(BIN / "nnunetv2_hidiff_predict"), "--steps", "0", "--", "-o", tmp_path / "x", *common],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--steps must be at least 1" in bad.stderr
+    too_many = subprocess.run([str(BIN / "nnUNetv2_predict"), "-o", tmp_path / "y", *common],
+                              env=dict(env, nnUNet_HiDiff_steps="11"), capture_output=True, text=True)
+    assert too_many.returncode != 0 and "nnUNet_HiDiff_steps=11 must lie in 1..10" in too_many.stderr
+
+
+def test_kill_and_continue(tiny_nnunet, tmp_path):
+    """Kill a 3-epoch training once an epoch checkpoint exists; --c resumes from there and finishes."""
+    (tmp_path / "ext").mkdir()
+    (tmp_path / "ext" / "three_epochs.py").write_text(
+        "from nnunetv2_hidiff.training import nnUNetTrainerHiDiff_smoke\n\n\n"
+        "class nnUNetTrainerHiDiff_test3epochs(nnUNetTrainerHiDiff_smoke):\n"
+        "    budget_epochs = 3\n")
+    env = nnunet_env(tiny_nnunet, ext_trainers=[tmp_path / "ext"])
+    args = [str(BIN / "nnUNetv2_train"), "990", "2d", "1", "-tr", "nnUNetTrainerHiDiff_test3epochs", "-device", "cpu"]
+    fold = tiny_nnunet / "results" / "Dataset990_Tiny" / "nnUNetTrainerHiDiff_test3epochs__nnUNetPlans__2d" / "fold_1"
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not (fold / "checkpoint_latest.pth").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (fold / "checkpoint_latest.pth").exists(), "no epoch checkpoint was written before the timeout"
+    import torch
+    epoch = torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"]
+    assert epoch in (1, 2)
+    run_cli("nnUNetv2_train", [*args[1:], "--c"], env)
+    assert (fold / "checkpoint_final.pth").exists()
+    final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    assert final["current_epoch"] == 3
+    assert len(final["logging"]["refiner_losses"]) == 3
+    logs = sorted(fold.glob("training_log_*.txt"))
+    resumed_log = logs[-1].read_text()
+    assert f"Epoch {epoch}" in resumed_log and "Epoch 0\n" not in resumed_log

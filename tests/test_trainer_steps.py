@@ -1,0 +1,176 @@
+"""In-process checks of nnUNetTrainerHiDiff's training step, checkpoints and error handling."""
+import json
+import os
+
+import pytest
+import torch
+
+from trainer_utils import changed, make_batch, make_trainer, snapshot
+
+
+@pytest.fixture
+def trainer(nnunet_paths):
+    tr = make_trainer()
+    tr.initialize()
+    tr.network = tr.hidiff
+    tr.hidiff.train()
+    return tr
+
+
+def test_refiner_step_changes_only_refiner_and_segmentor_step_only_segmentor(trainer):
+    batch = make_batch(trainer)
+    s = trainer.prepare_diffusion(batch["data"], batch["target"])
+    seg0, ref0 = snapshot(trainer.hidiff.segmentor), snapshot(trainer.hidiff.refiner)
+    ema0 = {k: v.clone() for k, v in trainer.refiner_ema.shadow.items()}
+    loss, ok = trainer.refiner_step(batch["data"], s)
+    assert ok and torch.isfinite(loss.total)
+    assert not changed(seg0, trainer.hidiff.segmentor)
+    ref_params = {n for n, _ in trainer.hidiff.refiner.named_parameters()}
+    assert ref_params & changed(ref0, trainer.hidiff.refiner), "the refiner step did not update the refiner"
+    assert any(not torch.equal(ema0[k], trainer.refiner_ema.shadow[k]) for k in ref_params)
+
+    seg1, ref1 = snapshot(trainer.hidiff.segmentor), snapshot(trainer.hidiff.refiner)
+    loss, ok = trainer.segmentor_step(batch["data"], s)
+    assert ok and torch.isfinite(loss)
+    assert not changed(ref1, trainer.hidiff.refiner), "g must be frozen (weights and BN statistics) in step 2"
+    assert changed(seg1, trainer.hidiff.segmentor)
+    assert all(p.requires_grad for p in trainer.hidiff.refiner.parameters())
+
+
+def test_diffusion_term_reaches_segmentor_gradients(trainer):
+    batch = make_batch(trainer, seed=1)
+    s = trainer.prepare_diffusion(batch["data"], batch["target"])
+    grads = []
+    for lam in (0.0, 1.0):
+        trainer.lambda_diff = lam
+        trainer.optimizer.zero_grad()
+        s = trainer.prepare_diffusion(batch["data"], batch["target"])
+        loss = s["l_disc"] + lam * trainer._l_diff(batch["data"], s, s["prior"], s["seg"].features).total
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.hidiff.segmentor.parameters() if p.grad is not None]))
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_checkpoint_resume_gives_identical_next_step(trainer, nnunet_paths, tmp_path):
+    b1, b2 = make_batch(trainer, seed=2), make_batch(trainer, seed=3)
+    trainer.train_step(b1)
+    trainer.train_step(b1)
+    ckpt = str(tmp_path / "checkpoint_latest.pth")
+    trainer.save_checkpoint(ckpt)
+    expected = trainer.train_step(b2)
+
+    resumed = make_trainer()
+    resumed.load_checkpoint(ckpt)
+    resumed.hidiff.train()
+    got = resumed.train_step(b2)
+    for key in ("loss", "refiner_loss", "refiner_kl", "refiner_focal"):
+        assert got[key] == expected[key], key
+    for a, b in zip(trainer.hidiff.state_dict().values(), resumed.hidiff.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed.current_epoch == 1
+
+
+def test_checkpoint_write_is_atomic(trainer, tmp_path):
+    ckpt = tmp_path / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(ckpt))
+    good = ckpt.read_bytes()
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("simulated crash while writing")
+
+    trainer.my_init_kwargs = dict(trainer.my_init_kwargs, poison=Unpicklable())
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.save_checkpoint(str(ckpt))
+    assert ckpt.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth"]
+
+
+def test_nan_batch_is_skipped_and_repeated_nans_stop_training(trainer):
+    batch = make_batch(trainer, seed=4)
+    batch["data"][0, 0, 3, 3] = float("nan")
+    before = snapshot(trainer.hidiff)
+    out = trainer.train_step(batch)
+    assert out["skipped"] == 1 and trainer.nonfinite_in_a_row == 1
+    assert not changed(before, trainer.hidiff)
+    trainer.train_step(make_batch(trainer, seed=5))  # a good batch resets the counter
+    assert trainer.nonfinite_in_a_row == 0
+    with pytest.raises(RuntimeError, match="non-finite loss"):
+        for _ in range(trainer.max_nonfinite_in_a_row):
+            trainer.train_step(batch)
+
+
+def test_epoch_end_logs_refiner_losses(trainer):
+    outs = [trainer.train_step(make_batch(trainer, seed=i)) for i in range(2)]
+    trainer.on_train_epoch_end(outs)
+    assert trainer.logger.get_value("refiner_losses", step=-1) == pytest.approx(
+        sum(o["refiner_loss"] for o in outs) / 2)
+    assert trainer.logger.get_value("nonfinite_steps", step=-1) == 0
+
+
+def test_checkpoint_of_another_trainer_is_refused(trainer, tmp_path):
+    plain = {"network_weights": {}, "trainer_name": "nnUNetTrainer", "init_args": {}}
+    path = tmp_path / "plain.pth"
+    torch.save(plain, path)
+    with pytest.raises(RuntimeError, match="not by a HiDiff trainer.*-pretrained_weights"):
+        trainer.load_checkpoint(str(path))
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="cannot read the checkpoint"):
+        trainer.load_checkpoint(str(path))
+
+
+def test_checkpoint_of_another_hidiff_configuration_is_refused(trainer, nnunet_paths, tmp_path):
+    path = str(tmp_path / "binary.pth")
+    trainer.save_checkpoint(path)
+    real = make_trainer("nnUNetTrainerHiDiff_real_smoke")
+    with pytest.raises(RuntimeError, match="'binary_refiner': True"):
+        real.load_checkpoint(path)
+
+
+def test_pretrained_plain_nnunet_weights_load_into_segmentor(nnunet_paths, tmp_path):
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    tr = make_trainer("nnUNetTrainerHiDiff_5epochs")
+    tr.initialize()
+    assert tr.num_warmup_epochs == 1
+    plain = nnUNetTrainer.build_network_architecture(tr.plans_manager, tr.configuration_manager, 1,
+                                                     tr.label_manager.num_segmentation_heads, True)
+    for p in plain.parameters():
+        torch.nn.init.normal_(p)
+    torch.save({"network_weights": plain.state_dict()}, tmp_path / "plain.pth")
+    load_pretrained_weights(tr.network, str(tmp_path / "plain.pth"))  # exactly what -pretrained_weights does
+    seg = tr.hidiff.segmentor.state_dict()
+    for k, v in plain.state_dict().items():
+        if ".seg_layers." not in k:
+            assert torch.equal(seg[k], v), k
+    tr.on_train_start()
+    try:
+        assert tr.num_warmup_epochs == 0 and tr.network is tr.hidiff
+    finally:
+        tr.on_train_end()
+
+
+@pytest.mark.parametrize("change, message", [
+    ("ignore", "ignore label"),
+    ("regions", "region-based"),
+])
+def test_unsupported_label_setups_are_refused(nnunet_paths, change, message):
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2_hidiff.training import nnUNetTrainerHiDiff_smoke
+
+    pre = os.path.join(os.environ["nnUNet_preprocessed"], maybe_convert_to_dataset_name(990))
+    plans = dict(json.load(open(os.path.join(pre, "nnUNetPlans.json"))), continue_training=False)
+    dataset = json.load(open(os.path.join(pre, "dataset.json")))
+    if change == "ignore":
+        dataset["labels"]["ignore"] = 3
+    else:
+        dataset["labels"] = {"background": 0, "ab": [1, 2], "b": 2}
+        dataset["regions_class_order"] = [1, 2]
+    with pytest.raises(RuntimeError, match=message):
+        nnUNetTrainerHiDiff_smoke(plans, "2d", 0, dataset, torch.device("cpu"))
+
+
+def test_3d_configuration_is_refused(nnunet_paths):
+    with pytest.raises(RuntimeError, match="supports 2d configurations only"):
+        make_trainer(configuration="3d_fullres")
