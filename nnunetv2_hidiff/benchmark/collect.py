@@ -1,0 +1,185 @@
+"""Read nnU-Net summary.json files (extended by nnunetv2_hidiff.evaluation) into long-format rows; write results.csv.
+
+results.csv has the columns ``trainer, fold, class, case, metric, value, split``:
+
+* ``fold``: the fold number for cross-validation rows, ``ensemble`` for the held-out test set;
+* ``class``: the label name from dataset.json (``a``, ``vessel`` …; the summary's label key, e.g. ``1`` or
+  ``(1, 2)``, when the name cannot be found);
+* ``case``: the case identifier (file name without the dataset's file ending);
+* ``metric``: every per-case metric of the summary (nnU-Net's Dice, IoU, TP, FP, FN, TN, n_pred, n_ref and our
+  HD95, Sensitivity, Specificity, Accuracy, with a FOV also Dice_FOV, IoU_FOV);
+* ``value``: as written by the evaluation: integers as integers, floats with full precision (``repr``), and an
+  undefined value (see the empty-mask rules) as the string ``nan`` (``float("nan")`` and pandas read it back);
+* ``split``: ``validation`` or ``test``.
+
+Rows are sorted (trainer in the given order, split, fold, case, class, metric in the summary's order) so that the
+same summaries always give a byte-identical file. Files are written to a temporary file and moved into place.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+CSV_COLUMNS = ("trainer", "fold", "class", "case", "metric", "value", "split")
+VALIDATION, TEST = "validation", "test"
+ENSEMBLE = "ensemble"
+
+
+@dataclass(frozen=True)
+class Row:
+    trainer: str
+    fold: str
+    cls: str
+    case: str
+    metric: str
+    value: Union[int, float]
+    split: str
+
+
+@dataclass
+class Collected:
+    """The rows of one summary.json plus its per-class empty-mask counts (``hidiff_nan_ratio``)."""
+    trainer: str
+    fold: str
+    split: str
+    rows: List[Row] = field(default_factory=list)
+    nan_counts: Dict[str, dict] = field(default_factory=dict)  # class -> counts (n, n_both_empty, ...)
+
+
+def label_names(dataset_json: dict) -> Dict[str, str]:
+    """Summary label key (``"1"``, ``"(1, 2)"``) -> label name from dataset.json's ``labels``."""
+    names = {}
+    for name, value in dataset_json.get("labels", {}).items():
+        if isinstance(value, (list, tuple)):
+            key = str(tuple(int(v) for v in value)) if len(value) > 1 else str(int(value[0]))
+        else:
+            key = str(int(value))
+        names.setdefault(key, name)
+    return names
+
+
+def case_id(path: str, file_ending: str) -> str:
+    base = os.path.basename(path)
+    return base[: -len(file_ending)] if file_ending and base.endswith(file_ending) else os.path.splitext(base)[0]
+
+
+def _number(value) -> Union[int, float]:
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    return float(value)
+
+
+def collect_summary(summary: dict, trainer: str, fold: str, split: str, dataset_json: dict) -> Collected:
+    """Long-format rows (one per case × class × metric) of an nnU-Net summary dict."""
+    file_ending = dataset_json.get("file_ending", "")
+    names = label_names(dataset_json)
+    out = Collected(trainer, str(fold), split)
+    for case in summary.get("metric_per_case", []):
+        cid = case_id(case.get("reference_file") or case["prediction_file"], file_ending)
+        for key, metrics in case["metrics"].items():
+            cls = names.get(str(key), str(key))
+            for metric, value in metrics.items():
+                if isinstance(value, (int, float)) or value is None:
+                    out.rows.append(Row(trainer, str(fold), cls, cid, metric, _number(value), split))
+    for key, counts in (summary.get("hidiff_nan_ratio") or {}).items():
+        out.nan_counts[names.get(str(key), str(key))] = counts
+    return out
+
+
+def load_summary(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def has_hidiff_metrics(summary: dict) -> bool:
+    """Whether nnunetv2_hidiff.evaluation already extended this summary (HD95 etc.)."""
+    return "HD95" in summary.get("foreground_mean", {}) and "hidiff_nan_ratio" in summary
+
+
+def sort_rows(rows: Iterable[Row], trainer_order: Sequence[str]) -> List[Row]:
+    """Trainers in the given order, then split, fold (numbers first), case, and class and metric in the order
+    they first appear (the summary's label and metric order)."""
+    rows = list(rows)
+    order = {t: i for i, t in enumerate(trainer_order)}
+    split_order = {VALIDATION: 0, TEST: 1}
+    cls_pos: Dict[str, int] = {}
+    metric_pos: Dict[str, int] = {}
+    for r in rows:
+        cls_pos.setdefault(r.cls, len(cls_pos))
+        metric_pos.setdefault(r.metric, len(metric_pos))
+
+    def fold_key(f: str):
+        return (0, int(f), "") if f.isdigit() else (1, 0, f)
+
+    return sorted(rows, key=lambda r: (order.get(r.trainer, len(order)), r.trainer, split_order.get(r.split, 9),
+                                       fold_key(r.fold), r.case, cls_pos[r.cls], metric_pos[r.metric]))
+
+
+def format_value(value: Union[int, float]) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return "nan" if math.isnan(value) else repr(float(value))
+
+
+def csv_text(rows: Iterable[Row]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        w.writerow([r.trainer, r.fold, r.cls, r.case, r.metric, format_value(r.value), r.split])
+    return buf.getvalue()
+
+
+def read_csv(path: Path) -> List[Row]:
+    """Rows of a results.csv (values as floats)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return [Row(d["trainer"], d["fold"], d["class"], d["case"], d["metric"], float(d["value"]), d["split"])
+                for d in reader]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write into a temporary file in the same folder, then ``os.replace`` (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(rows: Iterable[Row], path: Path) -> None:
+    atomic_write_text(path, csv_text(rows))
+
+
+def metric_values(rows: Iterable[Row], trainer: str, split: str, metric: str, cls: Optional[str] = None,
+                  fold: Optional[str] = None) -> Dict[tuple, float]:
+    """{(fold, case[, class]): value} for one trainer, split and metric (optionally one class / fold)."""
+    out = {}
+    for r in rows:
+        if r.trainer == trainer and r.split == split and r.metric == metric and (cls is None or r.cls == cls) \
+                and (fold is None or r.fold == fold):
+            out[(r.fold, r.case) if cls is not None else (r.fold, r.case, r.cls)] = float(r.value)
+    return out

@@ -1,0 +1,343 @@
+"""summary.md and benchmark.png from the collected rows (everything shown is recomputed from results.csv's rows).
+
+Aggregation (the same rules in the markdown's "How to read this"):
+
+* per-fold mean of a class: NaN-ignoring mean over the fold's validation cases;
+* per-fold foreground mean: NaN-ignoring mean of the fold's class means (nnU-Net's ``foreground_mean`` is the
+  plain mean of the class means; they agree unless a class mean is NaN);
+* per trainer and class: mean ± sample std (ddof=1) of the per-fold means over folds;
+* per-case foreground value (for the Wilcoxon test of the "foreground" row): NaN-ignoring mean over classes;
+* HD95 NaN ratio: pooled over the folds' cases, ``n_hd95_undefined / (n − n_both_empty)`` from the summaries'
+  ``hidiff_nan_ratio``.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .collect import TEST, VALIDATION, Row, atomic_write_bytes, atomic_write_text
+from .stats import PairedResult, nan_mean, nan_std, ttest_paired, wilcoxon_paired
+
+FOREGROUND = "foreground"
+HD95 = "HD95"
+
+HOW_TO_READ = """\
+- **Dice** (higher is better) and **HD95** (95th-percentile Hausdorff distance in physical units, i.e. the image
+  spacing, usually mm; lower is better) come from `validation/summary.json` of each fold, extended by
+  `nnunetv2_hidiff.evaluation` (nnU-Net's own keys are unchanged). Every number here can be recomputed from
+  `results.csv`.
+- **Per-fold mean**: NaN-ignoring mean over the fold's validation cases. **mean ± std**: over folds of the per-fold
+  means (sample std, ddof = 1; "n/a" with one fold). **foreground**: NaN-ignoring mean over the classes.
+- **Empty masks** (per case and class): reference and prediction both empty → Dice, IoU, HD95 are NaN (nothing to
+  segment; ignored by the means, never scored as 1); exactly one empty → Dice = 0 and HD95 = NaN (a distance to an
+  empty set is undefined). The **HD95 NaN ratio** = cases with undefined HD95 / cases that are not both empty; read
+  it next to HD95, because a model that misses objects entirely gets no HD95 penalty for them.
+- **Differences** are `trainer − reference` (positive Dice difference = better, positive HD95 difference = worse).
+  Wilcoxon signed-rank test (scipy.stats.wilcoxon, two-sided) over the cases paired by (fold, case id): each case is
+  validated once per trainer because both use nnU-Net's splits; pairs with a NaN on either side are dropped.
+  Paired t-test (scipy.stats.ttest_rel, two-sided) over the per-fold means, folds paired. "n/a": fewer than 2
+  pairs, all differences 0, or constant differences. p-values are not corrected for multiple comparisons; with
+  few folds/cases they are weak evidence either way.
+"""
+
+
+@dataclass
+class ReportInput:
+    dataset: str
+    configuration: str
+    plans: str
+    trainers: List[str]
+    folds: List[int]
+    command: str
+    rows: List[Row]
+    nan_counts: Dict[Tuple[str, str, str], Dict[str, dict]]  # (trainer, split, fold) -> class -> counts
+    budgets: Dict[str, str] = field(default_factory=dict)
+    wall_times: Dict[str, List[Tuple[int, Optional[float], str]]] = field(default_factory=dict)
+    test_seconds: Dict[str, Optional[float]] = field(default_factory=dict)
+    test_folds: Dict[str, List[int]] = field(default_factory=dict)
+    test_fov: Optional[str] = None
+    test_images: Optional[str] = None
+    missing: Dict[str, List[str]] = field(default_factory=dict)  # trainer -> ["2 (interrupted)", ...]
+    problems: List[str] = field(default_factory=list)
+    generated: str = ""
+
+    @property
+    def reference(self) -> str:
+        return self.trainers[0]
+
+
+# ---------------------------------------------------------------- aggregation
+def classes(rows: Sequence[Row]) -> List[str]:
+    seen: Dict[str, None] = {}
+    for r in rows:
+        seen.setdefault(r.cls, None)
+    return list(seen)
+
+
+def folds_of(rows: Sequence[Row], trainer: str, split: str = VALIDATION) -> List[str]:
+    seen = sorted({r.fold for r in rows if r.trainer == trainer and r.split == split},
+                  key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
+    return seen
+
+
+def case_values(rows: Sequence[Row], trainer: str, split: str, metric: str, cls: str) -> Dict[Tuple[str, str], float]:
+    """{(fold, case): value} of one class, or of the per-case foreground mean for ``cls == FOREGROUND``."""
+    if cls != FOREGROUND:
+        return {(r.fold, r.case): float(r.value) for r in rows
+                if r.trainer == trainer and r.split == split and r.metric == metric and r.cls == cls}
+    per_case: Dict[Tuple[str, str], List[float]] = {}
+    for r in rows:
+        if r.trainer == trainer and r.split == split and r.metric == metric:
+            per_case.setdefault((r.fold, r.case), []).append(float(r.value))
+    return {k: nan_mean(v) for k, v in per_case.items()}
+
+
+def fold_means(rows: Sequence[Row], trainer: str, split: str, metric: str, cls: str) -> Dict[str, float]:
+    """{fold: per-fold mean} of one class, or the foreground mean (NaN-ignoring mean of the class means)."""
+    if cls == FOREGROUND:
+        per_class = [fold_means(rows, trainer, split, metric, c) for c in classes(rows)]
+        folds = sorted({f for pc in per_class for f in pc})
+        return {f: nan_mean([pc.get(f, math.nan) for pc in per_class]) for f in folds}
+    by_fold: Dict[str, List[float]] = {}
+    for (fold, _), v in case_values(rows, trainer, split, metric, cls).items():
+        by_fold.setdefault(fold, []).append(v)
+    return {f: nan_mean(v) for f, v in by_fold.items()}
+
+
+def nan_ratio(counts: Dict[Tuple[str, str, str], Dict[str, dict]], trainer: str, split: str,
+              cls: str) -> Tuple[int, int]:
+    """(cases with undefined HD95, cases not both empty), pooled over the folds (all classes for FOREGROUND)."""
+    undefined = defined_or_not = 0
+    for (t, s, _), per_class in counts.items():
+        if t != trainer or s != split:
+            continue
+        for c, cnt in per_class.items():
+            if cls in (FOREGROUND, c):
+                undefined += int(cnt.get("n_hd95_undefined", 0))
+                defined_or_not += int(cnt.get("n", 0)) - int(cnt.get("n_both_empty", 0))
+    return undefined, defined_or_not
+
+
+# ---------------------------------------------------------------- formatting
+def fmt(x: Optional[float], digits: int = 4) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def fmt_mean_std(values: Sequence[float], digits: int = 4) -> str:
+    return f"{fmt(nan_mean(values), digits)} ± {fmt(nan_std(values), digits)}"
+
+
+def fmt_p(res: PairedResult) -> str:
+    if res.p is None:
+        return res.note or "n/a"
+    return f"{res.p:.4g}"
+
+
+def fmt_ratio(num: int, den: int) -> str:
+    return f"{num / den:.3f} ({num}/{den})" if den else "n/a (0/0)"
+
+
+def fmt_duration(seconds: Optional[float]) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "n/a"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+def _table(header: Sequence[str], rows: List[Sequence[str]]) -> List[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return out
+
+
+def _dice_metric(split: str, fov: Optional[str]) -> str:
+    return "Dice_FOV" if split == TEST and fov else "Dice"
+
+
+# ---------------------------------------------------------------- markdown
+def _validation_section(inp: ReportInput) -> List[str]:
+    rows, cls_list = inp.rows, classes(inp.rows) + [FOREGROUND]
+    lines = ["## Cross-validation (nnU-Net folds)", "",
+             "Per trainer and class: mean ± std over folds of the per-fold means (validation cases of each fold).", ""]
+    table = []
+    for t in inp.trainers:
+        folds = folds_of(rows, t)
+        if not folds:
+            table.append([t, "–", "0", "n/a", "n/a", "n/a"])
+            continue
+        for c in cls_list:
+            dice = fold_means(rows, t, VALIDATION, "Dice", c)
+            hd = fold_means(rows, t, VALIDATION, HD95, c)
+            table.append([t, c, str(len(folds)), fmt_mean_std(list(dice.values())),
+                          fmt_mean_std(list(hd.values()), 3), fmt_ratio(*nan_ratio(inp.nan_counts, t, VALIDATION, c))])
+    lines += _table(["Trainer", "Class", "Folds", "Dice", "HD95", "HD95 NaN ratio"], table)
+    lines += ["", "Per fold (foreground = mean over classes; the bars of benchmark.png):", ""]
+    per_fold = []
+    for t in inp.trainers:
+        dice = fold_means(rows, t, VALIDATION, "Dice", FOREGROUND)
+        hd = fold_means(rows, t, VALIDATION, HD95, FOREGROUND)
+        for f in folds_of(rows, t):
+            n_cases = len({r.case for r in rows if r.trainer == t and r.split == VALIDATION and r.fold == f})
+            per_fold.append([t, f, str(n_cases), fmt(dice.get(f)), fmt(hd.get(f), 3)])
+    lines += _table(["Trainer", "Fold", "Cases", "Dice (foreground)", "HD95 (foreground)"], per_fold)
+    return lines + [""]
+
+
+def _difference_rows(inp: ReportInput, split: str, with_folds: bool) -> List[List[str]]:
+    out = []
+    cls_list = classes(inp.rows) + [FOREGROUND]
+    for other in inp.trainers[1:]:
+        for c in cls_list:
+            for metric in (_dice_metric(split, inp.test_fov), HD95):
+                ref_cases = case_values(inp.rows, inp.reference, split, metric, c)
+                oth_cases = case_values(inp.rows, other, split, metric, c)
+                w = wilcoxon_paired(ref_cases, oth_cases)
+                row = [f"{other} − {inp.reference}", c, metric, str(w.n), fmt(w.mean_diff), fmt_p(w)]
+                if with_folds:
+                    tt = ttest_paired(fold_means(inp.rows, inp.reference, split, metric, c),
+                                      fold_means(inp.rows, other, split, metric, c))
+                    row += [str(tt.n), fmt(tt.mean_diff), fmt_p(tt)]
+                out.append(row)
+    return out
+
+
+def _differences_section(inp: ReportInput) -> List[str]:
+    lines = [f"## Differences (trainer − {inp.reference}), cross-validation", ""]
+    if len(inp.trainers) < 2:
+        return lines + ["n/a (one trainer)", ""]
+    lines += _table(["Comparison", "Class", "Metric", "Wilcoxon n (cases)", "Mean diff (cases)", "Wilcoxon p",
+                     "t-test n (folds)", "Mean diff (folds)", "t-test p"], _difference_rows(inp, VALIDATION, True))
+    return lines + [""]
+
+
+def _wall_time_section(inp: ReportInput) -> List[str]:
+    lines = ["## Wall time", "",
+             "*measured*: the `nnUNetv2_train` subprocess of a fresh training started by this benchmark (start-up, "
+             "all epochs and the final validation); *checkpoint*: folds trained earlier or resumed, the sum of the "
+             "epoch durations logged in `checkpoint_final.pth` (training epochs only, so somewhat lower).", ""]
+    table = []
+    for t in inp.trainers:
+        entries = inp.wall_times.get(t, [])
+        known = [s for _, s, _ in entries if s is not None]
+        sources = []
+        for src in ("measured", "checkpoint"):
+            folds = [str(f) for f, s, so in entries if so == src and s is not None]
+            if folds:
+                sources.append(f"{src}: folds {', '.join(folds)}")
+        unknown = [str(f) for f, s, _ in entries if s is None]
+        if unknown:
+            sources.append(f"unknown: folds {', '.join(unknown)}")
+        row = [t, str(len(entries)), fmt_duration(sum(known)) if known else "n/a",
+               fmt_duration(sum(known) / len(known)) if known else "n/a", "; ".join(sources) or "–"]
+        if inp.test_images:
+            row.append(fmt_duration(inp.test_seconds.get(t)))
+        table.append(row)
+    header = ["Trainer", "Folds", "Total", "Mean per fold", "Source"]
+    if inp.test_images:
+        header.append("Test prediction")
+    return lines + _table(header, table) + [""]
+
+
+def _test_section(inp: ReportInput) -> List[str]:
+    rows = inp.rows
+    dice_metric = _dice_metric(TEST, inp.test_fov)
+    lines = ["## Held-out test set", "",
+             f"Images: `{inp.test_images}`; each trainer predicts with the ensemble of its complete folds "
+             f"(`nnUNetv2_predict -f ...`). Mean ± std over the test cases."]
+    if inp.test_fov:
+        lines.append(f"FOV masks: `{inp.test_fov}`: Dice_FOV, HD95, Sensitivity, Specificity and Accuracy are "
+                     f"computed inside the FOV (Dice/IoU in results.csv stay whole-image, as nnU-Net computes them).")
+    lines.append("")
+    table = []
+    for t in inp.trainers:
+        folds = inp.test_folds.get(t)
+        if not folds:
+            table.append([t, "–", "–", "0", "n/a", "n/a", "n/a"])
+            continue
+        for c in classes(rows) + [FOREGROUND]:
+            dice = case_values(rows, t, TEST, dice_metric, c)
+            hd = case_values(rows, t, TEST, HD95, c)
+            table.append([t, ", ".join(map(str, folds)), c, str(len(dice)), fmt_mean_std(list(dice.values())),
+                          fmt_mean_std(list(hd.values()), 3), fmt_ratio(*nan_ratio(inp.nan_counts, t, TEST, c))])
+    lines += _table(["Trainer", "Folds", "Class", "Cases", dice_metric, "HD95", "HD95 NaN ratio"], table)
+    if len(inp.trainers) >= 2:
+        lines += ["", f"Differences (trainer − {inp.reference}) on the test cases, Wilcoxon over cases:", ""]
+        lines += _table(["Comparison", "Class", "Metric", "n (cases)", "Mean diff", "Wilcoxon p"],
+                        _difference_rows(inp, TEST, False))
+    return lines + [""]
+
+
+def render_markdown(inp: ReportInput) -> str:
+    lines = [f"# HiDiff benchmark: {inp.dataset} ({inp.configuration}, {inp.plans})", ""]
+    if inp.generated:
+        lines += [f"Generated {inp.generated} by:", ""]
+    lines += ["```", inp.command, "```", "",
+              f"Reference trainer: `{inp.reference}` (differences are other − reference). "
+              f"Requested folds: {', '.join(map(str, inp.folds))}.", ""]
+    status = []
+    for t in inp.trainers:
+        done = folds_of(inp.rows, t)
+        missing = inp.missing.get(t, [])
+        status.append([t, inp.budgets.get(t, "?"), ", ".join(done) or "none",
+                       ", ".join(missing) or "none"])
+    lines += _table(["Trainer", "Budget", "Folds collected", "Folds missing"], status) + [""]
+    lines += _validation_section(inp) + _differences_section(inp)
+    if inp.test_images:
+        lines += _test_section(inp)
+    lines += _wall_time_section(inp)
+    if inp.problems:
+        lines += ["## Problems", ""] + [f"- {p}" for p in inp.problems] + [""]
+    lines += ["## How to read this", "", HOW_TO_READ]
+    return "\n".join(lines)
+
+
+def write_markdown(inp: ReportInput, path: Path) -> None:
+    atomic_write_text(path, render_markdown(inp))
+
+
+# ---------------------------------------------------------------- figure
+def write_figure(inp: ReportInput, path: Path) -> None:
+    """Two panels (Dice, HD95): per-fold foreground means as grouped bars, one colour per trainer."""
+    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    all_folds = sorted({f for t in inp.trainers for f in folds_of(inp.rows, t)}, key=lambda f: int(f))
+    fig = Figure(figsize=(max(6.0, 1.6 * len(all_folds) * max(1, len(inp.trainers)) / 2 + 4), 4.2))
+    axes = fig.subplots(1, 2)
+    width = 0.8 / max(1, len(inp.trainers))
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric, title in ((axes[0], "Dice", "Dice (foreground mean, higher is better)"),
+                              (axes[1], HD95, "HD95 (foreground mean, lower is better)")):
+        for i, t in enumerate(inp.trainers):
+            means = fold_means(inp.rows, t, VALIDATION, metric, FOREGROUND)
+            xs = [j + (i - (len(inp.trainers) - 1) / 2) * width for j in range(len(all_folds))]
+            vals = [means.get(f, math.nan) for f in all_folds]
+            ax.bar(xs, [v if math.isfinite(v) else 0.0 for v in vals], width * 0.95, label=t,
+                   color=colors[i % len(colors)])
+            for x, v in zip(xs, vals):
+                if not math.isfinite(v):
+                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+        ax.set_xticks(range(len(all_folds)))
+        ax.set_xticklabels([f"fold {f}" for f in all_folds])
+        ax.set_title(title, fontsize=9)
+        if metric == "Dice":
+            ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
+    fig.suptitle(f"{inp.dataset} {inp.configuration} ({inp.plans}): validation per fold", fontsize=10)
+    n_legend_rows = (len(labels) + 2) // 3
+    fig.tight_layout(rect=(0, 0.06 * n_legend_rows, 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())

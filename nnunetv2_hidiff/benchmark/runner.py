@@ -1,0 +1,193 @@
+"""Which training runs are needed, running nnU-Net's CLIs as logged subprocesses, and timing.
+
+Fold states (nnU-Net's results layout ``$nnUNet_results/<Dataset>/<T>__<P>__<C>/fold_k``):
+
+* ``complete``: ``checkpoint_final.pth`` and ``validation/summary.json`` exist → nothing to run;
+* ``needs_validation``: ``checkpoint_final.pth`` without the summary (validation interrupted) →
+  ``nnUNetv2_train ... --val``;
+* ``interrupted``: ``checkpoint_latest.pth`` or ``checkpoint_best.pth`` → ``nnUNetv2_train ... --c`` (nnU-Net
+  resumes from latest, else best);
+* ``missing``: none of these → ``nnUNetv2_train``.
+
+Every subprocess gets this process's environment with the folder of our trainer re-export prepended to
+``nnUNet_extTrainer`` (a user-set value is kept after it); its output goes to a log file, not the terminal.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import nnunetv2_hidiff
+
+COMPLETE, NEEDS_VALIDATION, INTERRUPTED, MISSING = "complete", "needs_validation", "interrupted", "missing"
+ACTION = {NEEDS_VALIDATION: "validate", INTERRUPTED: "resume", MISSING: "train"}
+EXTRA_ARGS = {"validate": ["--val"], "resume": ["--c"], "train": []}
+
+_REEXPORT = '''"""Written by nnunetv2_hidiff_benchmark: re-export of the nnunetv2_hidiff trainers for nnU-Net."""
+from nnunetv2_hidiff.training.trainer import nnUNetTrainerHiDiff  # noqa: F401
+from nnunetv2_hidiff.training.variants import *  # noqa: F401,F403
+'''
+
+
+def cli_path(name: str) -> str:
+    """An nnU-Net console script next to this Python interpreter (falls back to the bare name on PATH)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def trainers_dir(fallback_dir: Path) -> Path:
+    """The repository's ``trainers/`` folder (editable install); otherwise a re-export written into
+    ``fallback_dir`` (nnU-Net needs a folder of .py files to search)."""
+    repo_dir = Path(nnunetv2_hidiff.__file__).resolve().parents[1] / "trainers"
+    if (repo_dir / "hidiff_trainers.py").is_file():
+        return repo_dir
+    fallback_dir.mkdir(parents=True, exist_ok=True)
+    target = fallback_dir / "hidiff_trainers.py"
+    if not target.is_file() or target.read_text() != _REEXPORT:
+        target.write_text(_REEXPORT)
+    return fallback_dir
+
+
+def ext_trainer_path(ours: Path, environ: Optional[Dict[str, str]] = None) -> str:
+    """``nnUNet_extTrainer`` with ``ours`` first and any user-set paths after it (no duplicates)."""
+    environ = os.environ if environ is None else environ
+    user = [p for p in environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
+    paths = [str(ours)] + [p for p in user if os.path.abspath(p) != os.path.abspath(str(ours))]
+    return os.pathsep.join(paths)
+
+
+def subprocess_env(ours: Path) -> Dict[str, str]:
+    env = dict(os.environ)
+    env["nnUNet_extTrainer"] = ext_trainer_path(ours, env)
+    return env
+
+
+def fold_folder(trainer_dir: Path, fold: int) -> Path:
+    return trainer_dir / f"fold_{fold}"
+
+
+def fold_state(folder: Path) -> str:
+    if (folder / "checkpoint_final.pth").is_file():
+        return COMPLETE if (folder / "validation" / "summary.json").is_file() else NEEDS_VALIDATION
+    if (folder / "checkpoint_latest.pth").is_file() or (folder / "checkpoint_best.pth").is_file():
+        return INTERRUPTED
+    return MISSING
+
+
+@dataclass
+class Job:
+    trainer: str
+    fold: int
+    folder: Path
+    state: str
+
+    @property
+    def action(self) -> Optional[str]:
+        return ACTION.get(self.state)
+
+
+@dataclass
+class JobResult:
+    job: Job
+    returncode: int
+    seconds: float
+    log_file: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and fold_state(self.job.folder) == COMPLETE
+
+
+def train_command(dataset: str, configuration: str, job: Job, plans: str, device: str) -> List[str]:
+    return [cli_path("nnUNetv2_train"), dataset, configuration, str(job.fold), "-tr", job.trainer, "-p", plans,
+            "-device", device, *EXTRA_ARGS[job.action]]
+
+
+def run_logged(cmd: List[str], env: Dict[str, str], log_file: Path) -> tuple:
+    """Run ``cmd`` with stdout+stderr streamed into ``log_file``; returns (returncode, seconds)."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log_file, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        try:
+            rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        except OSError as e:  # e.g. the console script is missing
+            log.write(f"could not start: {e}\n")
+            rc = 127
+    return rc, time.perf_counter() - start
+
+
+def log_name(trainer: str, label: str, action: str) -> str:
+    return f"{trainer}__{label}__{action}__{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+
+def checkpoint_training_seconds(checkpoint: Path) -> Optional[float]:
+    """Sum of (epoch end − epoch start) over the epochs logged in an nnU-Net checkpoint (training epochs only:
+    no start-up, no final validation); None when unavailable."""
+    import torch
+
+    try:
+        logging = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+        starts, ends = logging["epoch_start_timestamps"], logging["epoch_end_timestamps"]
+    except Exception:  # missing/corrupt file or an unusual logger: timing is informative only
+        return None
+    n = min(len(starts), len(ends))
+    return float(sum(float(ends[i]) - float(starts[i]) for i in range(n))) if n else None
+
+
+# ---------------------------------------------------------------- wall time
+MEASURED, FROM_CHECKPOINT = "measured", "checkpoint"
+
+
+def _checkpoint_id(folder: Path) -> Optional[List[int]]:
+    try:
+        st = (folder / "checkpoint_final.pth").stat()
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size]
+
+
+class TimingStore:
+    """``OUTDIR/timings.json``: measured seconds of fresh ``nnUNetv2_train`` runs started by the benchmark, per
+    trainer and fold. A record is valid while the fold's ``checkpoint_final.pth`` is the one that run wrote (same
+    mtime and size), so a later ``--collect-only`` still reports the measured time."""
+
+    def __init__(self, path: Path):
+        import json
+
+        self.path = path
+        try:
+            self.data = json.loads(path.read_text()) if path.is_file() else {}
+        except ValueError:
+            self.data = {}
+
+    def record(self, trainer: str, fold: int, folder: Path, seconds: float) -> None:
+        self.data.setdefault(trainer, {})[str(fold)] = {"seconds": seconds, "checkpoint": _checkpoint_id(folder)}
+
+    def measured(self, trainer: str, fold: int, folder: Path) -> Optional[float]:
+        rec = self.data.get(trainer, {}).get(str(fold))
+        if rec and rec.get("checkpoint") is not None and rec["checkpoint"] == _checkpoint_id(folder):
+            return float(rec["seconds"])
+        return None
+
+    def save(self) -> None:
+        import json
+
+        from .collect import atomic_write_text
+
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True) + "\n")
+
+
+def fold_wall_time(store: TimingStore, trainer: str, fold: int, folder: Path) -> tuple:
+    """(seconds or None, source): the measured subprocess time of a fresh training (start-up, all epochs and the
+    validation), else the epoch durations stored in checkpoint_final.pth (training epochs only)."""
+    seconds = store.measured(trainer, fold, folder)
+    if seconds is not None:
+        return seconds, MEASURED
+    return checkpoint_training_seconds(folder / "checkpoint_final.pth"), FROM_CHECKPOINT

@@ -1,0 +1,262 @@
+"""nnunetv2_hidiff_benchmark end to end: smoke trainers, 2 folds and the held-out test set of the tiny dataset.
+
+The benchmark writes into its own nnUNet_results folder (the raw/preprocessed data of the session fixture are
+shared), so folds trained by other test modules into the fixture's results tree do not interfere.
+"""
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunetv2_hidiff.benchmark.collect import CSV_COLUMNS, read_csv
+from nnunetv2_hidiff.benchmark.stats import nan_mean, nan_std
+from tiny_dataset import BIN, nnunet_env
+
+BASE, HIDIFF = "nnUNetTrainerBaseline_smoke", "nnUNetTrainerHiDiff_smoke"
+TRAINERS = (BASE, HIDIFF)
+CLASSES = ("a", "b")
+DATASET = "Dataset990_Tiny"
+
+
+def _run(args, env, timeout=1500):
+    return subprocess.run([str(BIN / "nnunetv2_hidiff_benchmark"), *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _checkpoint_mtimes(results: Path):
+    return {p: p.stat().st_mtime_ns for p in sorted(results.glob(f"{DATASET}/*/fold_*/checkpoint_final.pth"))}
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_nnunet, tmp_path_factory):
+    results = tmp_path_factory.mktemp("benchmark_results")
+    env = dict(nnunet_env(tiny_nnunet), nnUNet_results=str(results))
+    raw = tiny_nnunet / "raw" / DATASET
+    out = results / "bench"
+    args = ["-d", "990", "--trainers", *TRAINERS, "--folds", "0", "1", "--test-images", raw / "imagesTs",
+            "--test-labels", raw / "labelsTs", "--disable-tta", "-np", "1", "-o", out]
+    proc = _run(args, env)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    return {"root": tiny_nnunet, "results": results, "env": env, "out": out, "args": args, "proc": proc}
+
+
+def _table(md: str, first_header_cell: str, after: str = "") -> list:
+    """Rows (lists of cells) of the first markdown table whose header starts with ``first_header_cell`` and that
+    comes after the line containing ``after``."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if after in line) if after else 0
+    for i in range(start, len(lines)):
+        if lines[i].startswith(f"| {first_header_cell} |"):
+            rows = []
+            for line in lines[i + 2:]:
+                if not line.startswith("|"):
+                    break
+                rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+            return rows
+    raise AssertionError(f"no table starting with {first_header_cell!r} after {after!r}")
+
+
+def _mean_std(cell: str):
+    mean, std = cell.split(" ± ")
+    return float(mean), (math.nan if std == "n/a" else float(std))
+
+
+def _fold_means(rows, trainer, metric, cls, split="validation"):
+    by_fold = {}
+    for r in rows:
+        if r.trainer == trainer and r.metric == metric and r.cls == cls and r.split == split:
+            by_fold.setdefault(r.fold, []).append(r.value)
+    return {f: nan_mean(v) for f, v in by_fold.items()}
+
+
+def test_outputs_exist_and_csv_is_complete(bench):
+    out, root = bench["out"], bench["root"]
+    for name in ("results.csv", "summary.md", "benchmark.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".*.tmp")), "temporary files left behind"
+    with open(out / "results.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert tuple(header) == CSV_COLUMNS and header[:6] == ["trainer", "fold", "class", "case", "metric", "value"]
+    rows = read_csv(out / "results.csv")
+    splits = json.loads((root / "pre" / DATASET / "splits_final.json").read_text())
+    for t in TRAINERS:
+        for fold in (0, 1):
+            for cls in CLASSES:
+                for metric in ("Dice", "IoU", "HD95", "Sensitivity", "Accuracy"):
+                    cases = {r.case for r in rows if (r.trainer, r.fold, r.cls, r.metric, r.split)
+                             == (t, str(fold), cls, metric, "validation")}
+                    assert cases == set(splits[fold]["val"]), (t, fold, cls, metric)
+        test_cases = {r.case for r in rows if r.trainer == t and r.split == "test"}
+        assert test_cases == {"tiny_006", "tiny_007"}
+        assert {r.fold for r in rows if r.trainer == t and r.split == "test"} == {"ensemble"}
+    assert {r.trainer for r in rows} == set(TRAINERS)
+    # one row per case × class × metric: no duplicates
+    keys = [(r.trainer, r.fold, r.cls, r.case, r.metric, r.split) for r in rows]
+    assert len(keys) == len(set(keys))
+
+
+def test_csv_values_match_the_fold_summaries(bench):
+    rows = read_csv(bench["out"] / "results.csv")
+    value = {(r.trainer, r.fold, r.cls, r.case, r.metric): r.value for r in rows if r.split == "validation"}
+    for t in TRAINERS:
+        for fold in (0, 1):
+            summary_file = bench["results"] / DATASET / f"{t}__nnUNetPlans__2d" / f"fold_{fold}" / "validation" / \
+                "summary.json"
+            summary = json.loads(summary_file.read_text())
+            assert "HD95" in summary["foreground_mean"]  # the benchmark makes sure every fold has our metrics
+            for case in summary["metric_per_case"]:
+                cid = os.path.basename(case["reference_file"])[: -len(".nii.gz")]
+                for key, cls in (("1", "a"), ("2", "b")):
+                    for metric in ("Dice", "HD95", "TP"):
+                        expected = case["metrics"][key][metric]
+                        got = value[(t, str(fold), cls, cid, metric)]
+                        assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-12)
+
+
+def test_summary_md_is_consistent_with_the_csv(bench):
+    out = bench["out"]
+    rows = read_csv(out / "results.csv")
+    md = (out / "summary.md").read_text()
+    assert "nnunetv2_hidiff_benchmark -d 990 --trainers" in md  # the command line
+    # per trainer and class: mean ± std over folds of the per-fold means
+    table = _table(md, "Trainer", after="## Cross-validation")
+    seen = set()
+    for trainer, cls, n_folds, dice, hd95, _ in table:
+        if cls == "foreground":
+            per_class = [_fold_means(rows, trainer, m, c) for m in ("Dice",) for c in CLASSES]
+            dice_folds = [nan_mean([pc[f] for pc in per_class]) for f in ("0", "1")]
+            per_class = [_fold_means(rows, trainer, "HD95", c) for c in CLASSES]
+            hd_folds = [nan_mean([pc[f] for pc in per_class]) for f in ("0", "1")]
+        else:
+            dice_folds = list(_fold_means(rows, trainer, "Dice", cls).values())
+            hd_folds = list(_fold_means(rows, trainer, "HD95", cls).values())
+        assert n_folds == "2"
+        m, s = _mean_std(dice)
+        assert m == pytest.approx(nan_mean(dice_folds), abs=6e-5) and s == pytest.approx(nan_std(dice_folds), abs=6e-5)
+        m, s = _mean_std(hd95)
+        assert m == pytest.approx(nan_mean(hd_folds), abs=6e-4) and s == pytest.approx(nan_std(hd_folds), abs=6e-4)
+        seen.add((trainer, cls))
+    assert seen == {(t, c) for t in TRAINERS for c in (*CLASSES, "foreground")}
+    # per-fold table
+    for trainer, fold, n_cases, dice, hd95 in _table(md, "Trainer", after="Per fold"):
+        case_ids = {r.case for r in rows if r.trainer == trainer and r.fold == fold and r.split == "validation"}
+        assert int(n_cases) == len(case_ids)
+        fg = nan_mean([_fold_means(rows, trainer, "Dice", c)[fold] for c in CLASSES])
+        assert float(dice) == pytest.approx(fg, abs=6e-5)
+    # differences: Wilcoxon n = cases with both values finite, mean difference = HiDiff − baseline
+    diffs = _table(md, "Comparison", after="## Differences")
+    assert len(diffs) == 2 * (len(CLASSES) + 1)
+    for comparison, cls, metric, n, mean_diff, _, n_folds, fold_diff, _ in diffs:
+        assert comparison == f"{HIDIFF} − {BASE}"
+        if cls == "foreground":
+            continue
+        ref = {(r.fold, r.case): r.value for r in rows
+               if (r.trainer, r.cls, r.metric, r.split) == (BASE, cls, metric, "validation")}
+        oth = {(r.fold, r.case): r.value for r in rows
+               if (r.trainer, r.cls, r.metric, r.split) == (HIDIFF, cls, metric, "validation")}
+        pairs = [oth[k] - ref[k] for k in ref if k in oth and np.isfinite(ref[k]) and np.isfinite(oth[k])]
+        assert int(n) == len(pairs) and n_folds == "2"
+        if pairs:
+            assert float(mean_diff) == pytest.approx(np.mean(pairs), abs=6e-5)
+        folds_diff = [(_fold_means(rows, HIDIFF, metric, cls)[f] - _fold_means(rows, BASE, metric, cls)[f])
+                      for f in ("0", "1")]
+        assert float(fold_diff) == pytest.approx(np.mean(folds_diff), abs=6e-5)
+    # held-out test set: mean ± std over the test cases
+    for trainer, folds, cls, n_cases, dice, hd95, _ in _table(md, "Trainer", after="## Held-out test set"):
+        assert folds == "0, 1" and n_cases == "2"
+        if cls == "foreground":
+            continue
+        values = [r.value for r in rows if (r.trainer, r.cls, r.metric, r.split) == (trainer, cls, "Dice", "test")]
+        m, s = _mean_std(dice)
+        assert m == pytest.approx(nan_mean(values), abs=6e-5) and s == pytest.approx(nan_std(values), abs=6e-5)
+    assert "## Wall time" in md and "measured: folds 0, 1" in md
+    assert "both empty" in md  # the empty-mask rules are summarised
+
+
+def test_png_logs_and_progress(bench):
+    out, proc = bench["out"], bench["proc"]
+    data = (out / "benchmark.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    logs = sorted(p.name for p in (out / "logs").iterdir())
+    assert len([n for n in logs if "__train__" in n]) == 4 and len([n for n in logs if "__predict__" in n]) == 2
+    assert "nnUNetv2_train" in (out / "logs" / logs[0]).read_text().splitlines()[0]
+    assert "Epoch 0" not in proc.stdout  # nnU-Net's output goes to the logs, not the terminal
+    assert f"{HIDIFF} fold 1: train done" in proc.stdout
+    assert "benchmark:" in proc.stderr and "job" in proc.stderr  # tqdm bar
+
+
+def test_collect_only_reproduces_the_csv_without_training(bench):
+    out, env, results = bench["out"], bench["env"], bench["results"]
+    before_csv = (out / "results.csv").read_bytes()
+    before_logs = sorted((out / "logs").iterdir())
+    before_ckpt = _checkpoint_mtimes(results)
+    assert len(before_ckpt) == 4
+    proc = _run([*bench["args"], "--collect-only"], env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "results.csv").read_bytes() == before_csv
+    assert sorted((out / "logs").iterdir()) == before_logs
+    assert _checkpoint_mtimes(results) == before_ckpt
+    assert "(reused)" in proc.stdout
+    md = (out / "summary.md").read_text()
+    assert "--collect-only" in md and "measured: folds 0, 1" in md  # timings.json keeps the measured times
+
+
+def test_test_fov_restricts_the_added_metrics(bench, tmp_path):
+    """--test-fov: Dice_FOV rows appear and summary.md reports them; predictions are reused from the copy."""
+    out = tmp_path / "bench_fov"
+    shutil.copytree(bench["out"], out)
+    labels = bench["root"] / "raw" / DATASET / "labelsTs"
+    fov = tmp_path / "fov"
+    fov.mkdir()
+    for f in labels.glob("*.nii.gz"):
+        ref = sitk.ReadImage(str(f))
+        mask = np.zeros_like(sitk.GetArrayFromImage(ref))
+        mask[:, :, : mask.shape[2] // 2] = 1  # left half of each slice
+        im = sitk.GetImageFromArray(mask)
+        im.CopyInformation(ref)
+        sitk.WriteImage(im, str(tmp_path / "fov" / f.name))
+    args = [a if a != bench["out"] else out for a in bench["args"]]
+    proc = _run([*args, "--collect-only", "--test-fov", fov], bench["env"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = read_csv(out / "results.csv")
+    fov_rows = [r for r in rows if r.split == "test" and r.metric == "Dice_FOV"]
+    assert len(fov_rows) == 2 * 2 * 2  # trainers × cases × classes
+    md = (out / "summary.md").read_text()
+    assert "FOV masks" in md and "| Dice_FOV |" in md
+    for trainer, _, cls, _, dice, _, _ in _table(md, "Trainer", after="## Held-out test set"):
+        if cls != "foreground":
+            values = [r.value for r in fov_rows if r.trainer == trainer and r.cls == cls]
+            assert _mean_std(dice)[0] == pytest.approx(nan_mean(values), abs=6e-5)
+
+
+def test_failed_training_is_reported_and_the_rest_is_collected(bench, tmp_path):
+    """A trainer that crashes: message with the log file, exit 1, the other trainer's folds still reported."""
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    (ext / "broken.py").write_text(
+        "from nnunetv2_hidiff.training import nnUNetTrainerBaseline_smoke\n\n\n"
+        "class nnUNetTrainerBroken_smoke(nnUNetTrainerBaseline_smoke):\n"
+        "    def initialize(self):\n"
+        "        raise RuntimeError('deliberately broken trainer')\n")
+    # the user's nnUNet_extTrainer is kept (after ours) in the subprocesses
+    env = dict(bench["env"], nnUNet_extTrainer=str(ext))
+    out = tmp_path / "bench_broken"
+    proc = _run(["-d", "990", "--trainers", BASE, "nnUNetTrainerBroken_smoke", "--folds", "0", "-np", "1", "-o", out],
+                env)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    log = next((out / "logs").glob("nnUNetTrainerBroken_smoke__fold0__train__*.log"))
+    assert f"nnUNetTrainerBroken_smoke fold 0: train FAILED (exit code" in proc.stdout
+    assert str(log) in proc.stderr
+    assert "deliberately broken trainer" in log.read_text()
+    md = (out / "summary.md").read_text()
+    assert "## Problems" in md and "| nnUNetTrainerBroken_smoke | 1 epoch × 2 iterations | none | 0 (missing) |" in md
+    rows = read_csv(out / "results.csv")
+    assert {r.trainer for r in rows} == {BASE}
+    assert "fewer than 2 pairs" in md  # nothing to pair with

@@ -1,0 +1,229 @@
+"""Benchmark pieces without training: paired-test rules, budgets, fold states, CSV format, CLI input errors."""
+import csv
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnunetv2_hidiff.benchmark import cli
+from nnunetv2_hidiff.benchmark.budget import (BenchmarkError, Budget, check_equal_budgets, find_trainer_class,
+                                              resolve_trainers, trainer_budget)
+from nnunetv2_hidiff.benchmark.collect import (CSV_COLUMNS, Row, collect_summary, csv_text, format_value,
+                                               label_names, read_csv, sort_rows, write_csv)
+from nnunetv2_hidiff.benchmark.report import FOREGROUND, ReportInput, fold_means, render_markdown
+from nnunetv2_hidiff.benchmark.runner import (COMPLETE, INTERRUPTED, MISSING, NEEDS_VALIDATION, Job,
+                                              checkpoint_training_seconds, ext_trainer_path, fold_state,
+                                              train_command)
+from nnunetv2_hidiff.benchmark.stats import nan_mean, nan_std, ttest_paired, wilcoxon_paired
+
+NAN = float("nan")
+
+
+# ---------------------------------------------------------------- stats
+def test_paired_tests_use_other_minus_reference():
+    ref = {c: 0.5 for c in "abcdef"}
+    better = {c: 0.5 + 0.1 * (i + 1) for i, c in enumerate("abcdef")}
+    w = wilcoxon_paired(ref, better)
+    assert w.n == 6 and w.mean_diff == pytest.approx(0.35) and 0 < w.p < 0.05
+    assert wilcoxon_paired(better, ref).mean_diff == pytest.approx(-0.35)
+    t = ttest_paired(ref, better)
+    assert t.n == 6 and t.mean_diff == pytest.approx(0.35) and 0 < t.p < 0.05
+
+
+def test_paired_tests_drop_nan_and_unmatched_pairs():
+    ref = {"a": 1.0, "b": NAN, "c": 3.0, "d": 4.0, "only_ref": 9.0}
+    oth = {"a": 2.0, "b": 5.0, "c": NAN, "d": 6.0, "only_other": 1.0}
+    w = wilcoxon_paired(ref, oth)
+    assert w.n == 2 and w.mean_diff == pytest.approx(1.5)  # pairs a and d only
+    assert w.p is not None and 0 < w.p <= 1
+
+
+def test_paired_tests_not_applicable_rules():
+    one = wilcoxon_paired({"a": 1.0}, {"a": 2.0})
+    assert one.n == 1 and one.p is None and "fewer than 2" in one.note and one.mean_diff == 1.0
+    none = ttest_paired({"a": NAN}, {"a": 2.0})
+    assert none.n == 0 and none.p is None and math.isnan(none.mean_diff)
+    zeros = wilcoxon_paired({"a": 1.0, "b": 2.0}, {"a": 1.0, "b": 2.0})
+    assert zeros.p is None and "all differences are 0" in zeros.note and zeros.mean_diff == 0
+    constant = ttest_paired({"0": 0.5, "1": 0.7}, {"0": 0.6, "1": 0.8})  # scipy would say p = 0
+    assert constant.p is None and "constant" in constant.note and constant.mean_diff == pytest.approx(0.1)
+    # some zero differences are fine for the Wilcoxon test (dropped, as in the original procedure)
+    assert wilcoxon_paired({"a": 1.0, "b": 1.0, "c": 1.0}, {"a": 1.0, "b": 2.0, "c": 3.0}).p is not None
+
+
+def test_nan_mean_and_std():
+    assert nan_mean([1.0, NAN, 3.0]) == 2.0 and math.isnan(nan_mean([NAN]))
+    assert nan_std([1.0, 3.0, NAN]) == pytest.approx(math.sqrt(2)) and math.isnan(nan_std([1.0, NAN]))
+
+
+# ---------------------------------------------------------------- budgets
+@pytest.mark.parametrize("name, expected", [
+    ("nnUNetTrainerBaseline_smoke", (1, 2)), ("nnUNetTrainerHiDiff_smoke", (1, 2)),
+    ("nnUNetTrainerBaseline_5epochs", (5, 250)), ("nnUNetTrainerHiDiff_50epochs", (50, 250)),
+    ("nnUNetTrainerHiDiff_real_5epochs", (5, 250)), ("nnUNetTrainerHiDiff", (1000, 250)),
+    ("nnUNetTrainer", (1000, 250)), ("nnUNetTrainer_5epochs", (5, 250)),
+])
+def test_trainer_budgets_are_read_without_instantiating(name, expected):
+    assert trainer_budget(find_trainer_class(name)) == Budget(*expected)
+
+
+def test_budget_check():
+    check_equal_budgets({"a": Budget(5, 250), "b": Budget(5, 250)})
+    with pytest.raises(BenchmarkError, match="different training budgets.*--allow-unequal-budgets"):
+        check_equal_budgets({"a": Budget(5, 250), "b": Budget(50, 250)})
+    with pytest.raises(BenchmarkError, match="cannot determine the training budget of b"):
+        check_equal_budgets({"a": Budget(5, 250), "b": Budget(None, 250)})
+    with pytest.raises(BenchmarkError, match="unknown trainer 'nnUNetTrainerDoesNotExist'"):
+        resolve_trainers(["nnUNetTrainerDoesNotExist"])
+    with pytest.raises(BenchmarkError, match="more than once"):
+        resolve_trainers(["nnUNetTrainerHiDiff_smoke", "nnUNetTrainerHiDiff_smoke"])
+
+
+def test_budget_of_a_user_trainer_in_an_ext_folder(tmp_path):
+    (tmp_path / "mine.py").write_text(
+        "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n\n\n"
+        "class nnUNetTrainerMine_7(nnUNetTrainer):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "        self.num_epochs = 7\n")
+    assert trainer_budget(find_trainer_class("nnUNetTrainerMine_7", str(tmp_path))) == Budget(7, 250)
+
+
+# ---------------------------------------------------------------- runner
+def test_fold_states_and_commands(tmp_path):
+    fold = tmp_path / "fold_0"
+    assert fold_state(fold) == MISSING
+    fold.mkdir()
+    (fold / "checkpoint_best.pth").touch()
+    assert fold_state(fold) == INTERRUPTED
+    (fold / "checkpoint_latest.pth").touch()
+    assert fold_state(fold) == INTERRUPTED
+    (fold / "checkpoint_final.pth").touch()
+    assert fold_state(fold) == NEEDS_VALIDATION
+    (fold / "validation").mkdir()
+    (fold / "validation" / "summary.json").write_text("{}")
+    assert fold_state(fold) == COMPLETE
+    cmd = train_command("Dataset990_Tiny", "2d", Job("T", 3, fold, INTERRUPTED), "P", "cpu")
+    assert cmd[0].endswith("nnUNetv2_train") and cmd[1:] == ["Dataset990_Tiny", "2d", "3", "-tr", "T", "-p", "P",
+                                                             "-device", "cpu", "--c"]
+    assert train_command("D", "2d", Job("T", 0, fold, NEEDS_VALIDATION), "P", "cpu")[-1] == "--val"
+    assert train_command("D", "2d", Job("T", 0, fold, MISSING), "P", "cpu")[-1] == "cpu"
+
+
+def test_ext_trainer_path_prepends_ours_and_keeps_the_users(tmp_path):
+    ours = tmp_path / "ours"
+    assert ext_trainer_path(ours, {}) == str(ours)
+    user = os.pathsep.join(["/a", str(ours), "/b"])
+    assert ext_trainer_path(ours, {"nnUNet_extTrainer": user}) == os.pathsep.join([str(ours), "/a", "/b"])
+
+
+def test_checkpoint_training_seconds(tmp_path):
+    ckpt = tmp_path / "checkpoint_final.pth"
+    torch.save({"logging": {"epoch_start_timestamps": [10.0, 20.0], "epoch_end_timestamps": [15.0, 22.5]}}, ckpt)
+    assert checkpoint_training_seconds(ckpt) == pytest.approx(7.5)
+    assert checkpoint_training_seconds(tmp_path / "missing.pth") is None
+
+
+# ---------------------------------------------------------------- collect / csv / report
+def _summary():
+    def m(dice, hd):
+        return {"Dice": dice, "IoU": dice, "TP": 3, "HD95": hd}
+    return {
+        "metric_per_case": [
+            {"reference_file": "/x/c1.nii.gz", "prediction_file": "/p/c1.nii.gz",
+             "metrics": {"1": m(0.5, 2.0), "2": m(NAN, NAN)}, "hidiff_empty": {"1": "none", "2": "both_empty"}},
+            {"reference_file": "/x/c2.nii.gz", "prediction_file": "/p/c2.nii.gz",
+             "metrics": {"1": m(0.7, NAN), "2": m(0.0, NAN)}},
+        ],
+        "hidiff_nan_ratio": {"1": {"n": 2, "n_both_empty": 0, "n_hd95_undefined": 1},
+                             "2": {"n": 2, "n_both_empty": 1, "n_hd95_undefined": 1}},
+    }
+
+
+def test_collect_rows_and_csv_format(tmp_path):
+    ds = {"labels": {"background": 0, "left": 1, "right": 2}, "file_ending": ".nii.gz"}
+    c = collect_summary(_summary(), "T", "0", "validation", ds)
+    assert len(c.rows) == 2 * 2 * 4 and c.nan_counts["right"]["n_both_empty"] == 1
+    assert {r.case for r in c.rows} == {"c1", "c2"} and {r.cls for r in c.rows} == {"left", "right"}
+    write_csv(sort_rows(c.rows, ["T"]), tmp_path / "results.csv")
+    with open(tmp_path / "results.csv", newline="") as f:
+        lines = list(csv.reader(f))
+    assert tuple(lines[0]) == CSV_COLUMNS
+    assert ["T", "0", "right", "c1", "Dice", "nan", "validation"] in lines  # NaN is written as "nan"
+    assert ["T", "0", "left", "c1", "TP", "3", "validation"] in lines  # integers stay integers
+    back = read_csv(tmp_path / "results.csv")
+    assert len(back) == len(c.rows) and math.isnan(next(r.value for r in back if r.cls == "right"
+                                                        and r.case == "c1" and r.metric == "Dice"))
+    assert format_value(0.1) == "0.1" and format_value(NAN) == "nan"
+    assert csv_text([]) == ",".join(CSV_COLUMNS) + "\n"
+
+
+def test_label_names_for_labels_and_regions():
+    assert label_names({"labels": {"background": 0, "vessel": 1}}) == {"0": "background", "1": "vessel"}
+    assert label_names({"labels": {"background": 0, "whole": [1, 2], "core": [2]}})["(1, 2)"] == "whole"
+
+
+def _rows():
+    out = []
+    for trainer, base in (("A", 0.5), ("B", 0.6)):
+        for fold, cases in (("0", ("c1", "c2")), ("1", ("c3",))):
+            for i, case in enumerate(cases):
+                for cls, off in (("x", 0.0), ("y", 0.1)):
+                    out.append(Row(trainer, fold, cls, case, "Dice", base + off + 0.01 * i, "validation"))
+                    out.append(Row(trainer, fold, cls, case, "HD95", NAN if cls == "y" else 3.0, "validation"))
+    return out
+
+
+def test_fold_means_and_markdown_n_a_rules():
+    rows = _rows()
+    assert fold_means(rows, "A", "validation", "Dice", "x") == {"0": pytest.approx(0.505), "1": pytest.approx(0.5)}
+    fg = fold_means(rows, "A", "validation", "HD95", FOREGROUND)
+    assert fg == {"0": 3.0, "1": 3.0}  # the all-NaN class y is ignored
+    inp = ReportInput(dataset="D", configuration="2d", plans="P", trainers=["A", "B"], folds=[0, 1], command="cmd",
+                      rows=rows, nan_counts={})
+    md = render_markdown(inp)
+    # HD95 of class y is NaN everywhere: no pairs; B − A Dice differences are constant over folds
+    assert "| B − A | y | HD95 | 0 | n/a | n/a (fewer than 2 pairs) | 0 | n/a | n/a (fewer than 2 pairs) |" in md
+    assert "| B − A | x | Dice | 3 | 0.1000 | n/a (differences" not in md
+    assert "n/a (differences are constant)" in md
+    one_fold = ReportInput(dataset="D", configuration="2d", plans="P", trainers=["A", "B"], folds=[1],
+                           command="cmd", rows=[r for r in rows if r.fold == "1"], nan_counts={})
+    md1 = render_markdown(one_fold)
+    assert "0.5000 ± n/a" in md1 and "| 1 | 0.1000 | n/a (fewer than 2 pairs) |" in md1
+
+
+# ---------------------------------------------------------------- CLI input errors (exit 2, nothing trained)
+@pytest.fixture
+def bench_env(nnunet_paths, tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    return nnunet_paths
+
+
+def _error(capsys, argv):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nnunetv2_hidiff_benchmark: error: ") and err.count("\n") == 1
+    return err
+
+
+def test_cli_input_errors(bench_env, tmp_path, capsys):
+    smoke = ["--trainers", "nnUNetTrainerBaseline_smoke", "nnUNetTrainerHiDiff_smoke"]
+    assert "unknown dataset 977" in _error(capsys, ["-d", "977", *smoke])
+    assert "unknown trainer 'nnUNetTrainerNope'" in _error(capsys, ["-d", "990", "--trainers", "nnUNetTrainerNope"])
+    assert "different training budgets" in _error(capsys, ["-d", "990", "--trainers", "nnUNetTrainerBaseline_5epochs",
+                                                           "nnUNetTrainerHiDiff_50epochs"])
+    assert "plans file missing" in _error(capsys, ["-d", "990", "-p", "nnUNetPlans_nope", *smoke])
+    assert "no complete fold" in _error(capsys, ["-d", "990", "--collect-only", *smoke])
+    assert "--test-images and --test-labels go together" in _error(capsys, ["-d", "990", *smoke, "--test-images",
+                                                                            str(tmp_path)])
+    assert not (tmp_path / "results").exists()  # nothing written on input errors
+
+
+def test_default_output_folder():
+    out = cli.default_output(Path("/r"), "Dataset990_Tiny", ["A", "B"], "nnUNetPlans", "2d")
+    assert out == Path("/r/Dataset990_Tiny/benchmark_A_vs_B__nnUNetPlans__2d")
+    long = cli.default_output(Path("/r"), "D", ["x" * 80, "y" * 80], "P", "2d")
+    assert len(long.name) < 60 and long.name.startswith("benchmark_")
+    assert cli.DEFAULT_TRAINERS == ["nnUNetTrainerBaseline_5epochs", "nnUNetTrainerHiDiff_5epochs"]
