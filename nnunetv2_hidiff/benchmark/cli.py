@@ -175,7 +175,7 @@ def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, fold
     rc, seconds = run_logged(cmd, env, log)
     if rc != 0 or not all((out_dir / (c + file_ending)).is_file() for c in cases):
         return False, seconds, log
-    from .collect import atomic_write_text
+    from nnunetv2_hidiff.atomic import atomic_write_text
 
     atomic_write_text(marker, json.dumps({"inputs": expected, "seconds": seconds}, indent=2) + "\n")
     return True, seconds, log

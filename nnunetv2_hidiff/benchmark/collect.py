@@ -22,10 +22,11 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+from nnunetv2_hidiff.atomic import atomic_write_text
 
 CSV_COLUMNS = ("trainer", "fold", "class", "case", "metric", "value", "split")
 VALIDATION, TEST = "validation", "test"
@@ -147,27 +148,6 @@ def read_csv(path: Path) -> List[Row]:
         reader = csv.DictReader(f)
         return [Row(d["trainer"], d["fold"], d["class"], d["case"], d["metric"], float(d["value"]), d["split"])
                 for d in reader]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write into a temporary file in the same folder, then ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_csv(rows: Iterable[Row], path: Path) -> None:

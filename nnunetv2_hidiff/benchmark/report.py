@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .collect import TEST, VALIDATION, Row, atomic_write_bytes, atomic_write_text
+from nnunetv2_hidiff.atomic import atomic_write_bytes, atomic_write_text
+
+from .collect import TEST, VALIDATION, Row
 from .stats import PairedResult, nan_mean, nan_std, ttest_paired, wilcoxon_paired
 
 FOREGROUND = "foreground"

@@ -179,7 +179,7 @@ class TimingStore:
     def save(self) -> None:
         import json
 
-        from .collect import atomic_write_text
+        from nnunetv2_hidiff.atomic import atomic_write_text
 
         atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True) + "\n")
 

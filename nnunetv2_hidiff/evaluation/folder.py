@@ -24,7 +24,6 @@ existing summary.json is never replaced by a half-written one.
 """
 import multiprocessing
 import os
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -33,6 +32,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, subfiles
 
+from nnunetv2_hidiff.atomic import atomic_path
 from nnunetv2_hidiff.evaluation.metrics import (EMPTY_MASK_RULES, HD95_CONVENTIONS, SMALL_OBJECT_UNITS,
                                                 LabelOrRegion, compute_case_metrics, empty_counts, nan_mean,
                                                 small_object_metrics)
@@ -203,17 +203,8 @@ def write_summary_atomically(result: dict, output_file: str) -> None:
     out_dir = os.path.dirname(os.path.abspath(output_file))
     if not isdir(out_dir):
         raise EvaluationError(f"{output_file}: output folder {out_dir} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".summary_", suffix=".json.tmp", dir=out_dir)
-    os.close(fd)
-    try:
+    with atomic_path(output_file) as tmp:
         save_summary_json(result, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions of a new file
-        os.replace(tmp, output_file)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json_file: str, plans_file: str,

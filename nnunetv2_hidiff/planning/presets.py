@@ -21,12 +21,13 @@ Typical use (see plans/README.md)::
 import json
 import os
 import re
-import tempfile
 from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from nnunetv2_hidiff.atomic import atomic_write_json
 
 # nnU-Net's ExperimentPlanner constants (set in its __init__, which needs the raw dataset, so they are mirrored here)
 FEATUREMAP_MIN_EDGE_LENGTH = 4  # ExperimentPlanner.UNet_featuremap_min_edge_length
@@ -229,20 +230,6 @@ def find_dataset_folder(preprocessed: str, dataset: str) -> str:
     return os.path.join(preprocessed, candidates[0])
 
 
-def write_json_atomically(obj: dict, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".plans_", suffix=".json.tmp", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=4, sort_keys=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions of a new file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 @dataclass
 class PlanResult:
     path: str
@@ -287,7 +274,7 @@ def create_plans(dataset: str, configuration: str = "2d", batch_size: Optional[i
             raise PlanningError(f"{target} already exists with different content (results trained with it may "
                                 f"depend on it); use --overwrite to replace it or choose another --plans-name")
     if written:
-        write_json_atomically(derived.plans, target)
+        atomic_write_json(derived.plans, target, indent=4)
     data_dir = os.path.join(folder, derived.plans["configurations"][configuration].get(
         "data_identifier", _resolved_configuration(source, configuration)["data_identifier"]))
     return PlanResult(target, derived, written, os.path.isdir(data_dir))

@@ -1,29 +1,10 @@
-"""Atomic checkpoint files and random-number-generator states."""
+"""Random-number-generator states for checkpoints."""
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 
 import numpy as np
 import torch
-
-
-def atomic_torch_save(obj, filename: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: a reader (or a
-    crash at any moment) sees either the old complete file or the new complete file, never a torn one."""
-    folder = os.path.dirname(os.path.abspath(filename))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(filename), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filename)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def get_rng_states() -> dict:

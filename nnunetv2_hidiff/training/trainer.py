@@ -27,10 +27,11 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
+from nnunetv2_hidiff.atomic import atomic_torch_save
 from nnunetv2_hidiff.diffusion import diffusion_loss
 from nnunetv2_hidiff.networks import build_hidiff_network
 
-from .checkpointing import atomic_torch_save, get_rng_states, set_rng_states
+from .checkpointing import get_rng_states, set_rng_states
 from .ema import ModelEMA
 from .inference_settings import apply_inference_settings
 from .progress import HiDiffLocalLogger
