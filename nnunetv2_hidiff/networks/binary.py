@@ -69,6 +69,22 @@ def binarize_weight(w: torch.Tensor) -> torch.Tensor:
     return _BinarizeWeight.apply(w)
 
 
+class _CachedBinaryWeight:
+    """``binary_weight()``: sign(W)·mean|W| of ``self.weight``; without autograd (prediction, validation) the
+    result is cached until the weight changes (its version counter moves on every in-place update:
+    optimizer steps, load_state_dict), so the refiner's T steps per patch do not re-binarize every layer."""
+
+    def binary_weight(self) -> torch.Tensor:
+        w = self.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            return binarize_weight(w)
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if self.__dict__.get("_binary_weight_key") != key:
+            self.__dict__["_binary_weight_cache"] = (binary_sign(w) * weight_scale(w)).detach()
+            self.__dict__["_binary_weight_key"] = key
+        return self.__dict__["_binary_weight_cache"]
+
+
 def binarize_activation(x: torch.Tensor) -> torch.Tensor:
     """sign(x) ∈ {−1, +1} with the ApproxSign gradient."""
     return ApproxSign.apply(x)
@@ -83,7 +99,7 @@ def _conv_cls(dim: int):
     return {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
 
 
-class _BinaryConvMixin:
+class _BinaryConvMixin(_CachedBinaryWeight):
     """Forward of a binary convolution: conv(x, sign(W)·mean|W|) + bias.
 
     The input is expected to be binarized already (by a :class:`TimeThreshold`), so that the product
@@ -101,7 +117,7 @@ class _BinaryConvMixin:
             nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, binarize_weight(self.weight), self.bias)
+        return self._conv_forward(x, self.binary_weight(), self.bias)
 
 
 class BinaryConv2d(_BinaryConvMixin, nn.Conv2d):
@@ -126,7 +142,7 @@ class BinaryConv1d(_BinaryConvMixin, nn.Conv1d):
         self._init_binary()
 
 
-class BinaryLinear(nn.Linear):
+class BinaryLinear(_CachedBinaryWeight, nn.Linear):
     """Binary linear layer: x (…, C_in) in ±1 → x @ (sign(W)·mean|W|)ᵀ + b, (…, C_out).
 
     Used for the Q/K/V, output and FFN projections of the BX-Former. Unlike the official
@@ -142,7 +158,7 @@ class BinaryLinear(nn.Linear):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, binarize_weight(self.weight), self.bias)
+        return F.linear(x, self.binary_weight(), self.bias)
 
 
 def make_conv(dim: int, in_ch: int, out_ch: int, kernel_size: Union[int, Sequence[int]] = 3,
