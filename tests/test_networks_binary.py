@@ -193,3 +193,22 @@ def test_channel_resize_and_block_shapes():
         assert blk(x, emb).shape == (2, 12, 4, 6)
         blk = RefinerBlock(2, 6, 12, 4, stride=(2, 2), binary=binary)
         assert blk(torch.randn(2, 6, 7, 5), emb).shape == (2, 12, 4, 3)  # odd sizes: ceil like a strided conv
+
+
+def test_cached_binary_weight_follows_weight_updates():
+    """Without autograd the binarized weight is cached; in-place updates and load_state_dict refresh it."""
+    from nnunetv2_hidiff.networks.binary import BinaryConv2d
+
+    conv = BinaryConv2d(3, 4, 3, padding=1)
+    x = torch.randn(1, 3, 5, 5).sign()
+    expected = lambda: F.conv2d(x, conv.weight.sign() * conv.weight.abs().mean((1, 2, 3), keepdim=True), conv.bias,
+                                padding=1)
+    with torch.no_grad():
+        assert torch.allclose(conv(x), expected())
+        conv.weight.mul_(-0.5)  # an optimizer-like in-place update
+        assert torch.allclose(conv(x), expected())
+        conv.load_state_dict({"weight": torch.randn_like(conv.weight), "bias": conv.bias.clone()})
+        assert torch.allclose(conv(x), expected())
+    y = conv(x)  # with autograd: no cache, gradients flow
+    y.sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
