@@ -40,8 +40,16 @@ def nnunet_env(work: Path) -> dict:
 
 
 def run(cmd: list, env: dict) -> None:
+    """Run an nnU-Net / nnunetv2_hidiff console script of this Python environment (no PATH needed)."""
     log("$ " + " ".join(cmd))
-    subprocess.run(cmd, env=env, check=True)
+    executable = Path(sys.executable).parent / cmd[0]
+    try:
+        subprocess.run([str(executable), *cmd[1:]], env=env, check=True)
+    except subprocess.CalledProcessError as e:
+        raise SystemExit(f"[demo] error: '{cmd[0]}' failed with exit code {e.returncode}; its output is above.")
+    except FileNotFoundError:
+        raise SystemExit(f"[demo] error: {executable} not found; is nnunetv2_hidiff installed in this environment "
+                         f"(./scripts/setup_env.sh)?")
 
 
 def copy_dataset(work: Path) -> Path:
