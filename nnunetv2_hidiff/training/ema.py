@@ -27,8 +27,9 @@ class ModelEMA:
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
         decay = self.current_decay()
+        parameters = {name for name, _ in module.named_parameters()}
         for k, v in module.state_dict().items():
-            if v.dtype.is_floating_point and k in dict(module.named_parameters()):
+            if v.dtype.is_floating_point and k in parameters:
                 self.shadow[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
             else:
                 self.shadow[k].copy_(v)
