@@ -127,28 +127,48 @@ def test_checkpoint_of_another_hidiff_configuration_is_refused(trainer, nnunet_p
         real.load_checkpoint(path)
 
 
-def test_pretrained_plain_nnunet_weights_load_into_segmentor(nnunet_paths, tmp_path):
-    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+def _plain_checkpoint(tr, path):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    tr = make_trainer("nnUNetTrainerHiDiff_5epochs")
-    tr.initialize()
-    assert tr.num_warmup_epochs == 1
     plain = nnUNetTrainer.build_network_architecture(tr.plans_manager, tr.configuration_manager, 1,
                                                      tr.label_manager.num_segmentation_heads, True)
     for p in plain.parameters():
         torch.nn.init.normal_(p)
-    torch.save({"network_weights": plain.state_dict()}, tmp_path / "plain.pth")
+    torch.save({"network_weights": plain.state_dict()}, path)
+    return plain.state_dict()
+
+
+def test_pretrained_weights_flag_loads_segmentor_but_keeps_warmup(nnunet_paths, tmp_path):
+    """nnU-Net's -pretrained_weights loads everything but the segmentation heads (by nnU-Net's design),
+    so the segmentor warm-up must stay."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    tr = make_trainer("nnUNetTrainerHiDiff_5epochs")
+    tr.initialize()
+    assert tr.num_warmup_epochs == 1
+    plain = _plain_checkpoint(tr, tmp_path / "plain.pth")
     load_pretrained_weights(tr.network, str(tmp_path / "plain.pth"))  # exactly what -pretrained_weights does
     seg = tr.hidiff.segmentor.state_dict()
-    for k, v in plain.state_dict().items():
-        if ".seg_layers." not in k:
-            assert torch.equal(seg[k], v), k
-    tr.on_train_start()
-    try:
-        assert tr.num_warmup_epochs == 0 and tr.network is tr.hidiff
-    finally:
-        tr.on_train_end()
+    for k, v in plain.items():
+        assert torch.equal(seg[k], v) != (".seg_layers." in k), k
+    assert tr.num_warmup_epochs == 1
+
+
+def test_pretrained_segmentor_loads_everything_and_skips_warmup(nnunet_paths, tmp_path, monkeypatch):
+    tr = make_trainer("nnUNetTrainerHiDiff_5epochs")
+    plain = _plain_checkpoint(tr, tmp_path / "plain.pth")
+    monkeypatch.setenv("nnUNet_HiDiff_pretrained_segmentor", str(tmp_path / "plain.pth"))
+    tr.initialize()
+    seg = tr.hidiff.segmentor.state_dict()
+    assert all(torch.equal(seg[k], v) for k, v in plain.items())
+    assert tr.num_warmup_epochs == 0
+    monkeypatch.setenv("nnUNet_HiDiff_pretrained_segmentor", str(tmp_path / "missing.pth"))
+    with pytest.raises(RuntimeError, match="missing.pth: cannot read the segmentor checkpoint"):
+        make_trainer("nnUNetTrainerHiDiff_5epochs").initialize()
+    torch.save({"network_weights": {"x": torch.zeros(1)}}, tmp_path / "other.pth")
+    monkeypatch.setenv("nnUNet_HiDiff_pretrained_segmentor", str(tmp_path / "other.pth"))
+    with pytest.raises(RuntimeError, match="other.pth: not a segmentor of this plan"):
+        make_trainer("nnUNetTrainerHiDiff_5epochs").initialize()
 
 
 @pytest.mark.parametrize("change, message", [

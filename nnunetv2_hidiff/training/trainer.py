@@ -15,6 +15,7 @@ so variants are one-line subclasses (see variants.py).
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import List, Optional
 
@@ -73,10 +74,6 @@ def extend_validation_summary(trainer) -> None:
         trainer.print_to_log_file(f"Could not add HiDiff metrics to validation/summary.json: {e}")
 
 
-def _fingerprint(module: torch.nn.Module) -> float:
-    return float(sum(p.detach().double().sum().item() for p in module.parameters()))
-
-
 class nnUNetTrainerHiDiff(nnUNetTrainer):
     # ---- HiDiff configuration (paper Sec. III-A.2 unless noted); variants override these ----
     binary_refiner = True  # BBDM (XNOR convolutions, TB/TA); False = real-valued twin
@@ -93,6 +90,11 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     # epochs, i.e. 16 % of the default 1000 epochs. Skipped when -pretrained_weights loaded a segmentor.
     warmup_epochs: Optional[int] = None  # None → round(warmup_fraction · num_epochs)
     warmup_fraction = 0.16
+    # a finished plain nnU-Net checkpoint of the same plan whose *whole* segmentor (segmentation heads
+    # included) is loaded before training; the warm-up is then skipped. The environment variable
+    # nnUNet_HiDiff_pretrained_segmentor overrides it. (nnU-Net's -pretrained_weights also works but, by
+    # nnU-Net's design, does not transfer the segmentation heads, so the warm-up is kept in that case.)
+    pretrained_segmentor: Optional[str] = None
     refiner_ema_decay = 0.9999
     # prediction defaults (nnUNet_HiDiff_* environment variables override them at predict time)
     inference_steps: Optional[int] = None  # None → T
@@ -163,7 +165,24 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         # Until training starts, nnU-Net sees the segmentor alone, so that `-pretrained_weights` (which
         # requires every key of the network in the file) loads a plain nnUNetTrainer checkpoint into it.
         self.network = self.hidiff.segmentor
-        self._initial_segmentor_fingerprint = _fingerprint(self.hidiff.segmentor)
+        self._load_pretrained_segmentor()
+
+    def _load_pretrained_segmentor(self) -> None:
+        path = os.environ.get("nnUNet_HiDiff_pretrained_segmentor") or self.pretrained_segmentor
+        if not path:
+            return
+        try:
+            weights = torch.load(path, map_location=self.device, weights_only=False)["network_weights"]
+        except Exception as e:
+            raise HiDiffConfigurationError(f"{path}: cannot read the segmentor checkpoint ({e}); expected a "
+                                           f"checkpoint_final.pth of a plain nnU-Net training") from None
+        try:
+            self.hidiff.segmentor.load_state_dict(weights)
+        except RuntimeError as e:
+            raise HiDiffConfigurationError(f"{path}: not a segmentor of this plan and dataset "
+                                           f"({str(e).splitlines()[0]} ...)") from None
+        self.num_warmup_epochs = 0
+        self.print_to_log_file(f"Loaded the whole segmentor from {path}: no segmentor warm-up.")
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         result = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -189,11 +208,6 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     def on_train_start(self):
         if not self.was_initialized:
             self.initialize()
-        if self.current_epoch == 0 and self.num_warmup_epochs and \
-                _fingerprint(self.hidiff.segmentor) != self._initial_segmentor_fingerprint:
-            self.print_to_log_file("Segmentor weights were loaded (-pretrained_weights): skipping the "
-                                   f"{self.num_warmup_epochs}-epoch segmentor warm-up.")
-            self.num_warmup_epochs = 0
         self.network = self.hidiff
         super().on_train_start()
         self.print_to_log_file(f"HiDiff: {self.hidiff_config()}, λ_diff={self.lambda_diff}, "
