@@ -112,7 +112,7 @@ def test_checkpoint_of_another_trainer_is_refused(trainer, tmp_path):
     plain = {"network_weights": {}, "trainer_name": "nnUNetTrainer", "init_args": {}}
     path = tmp_path / "plain.pth"
     torch.save(plain, path)
-    with pytest.raises(RuntimeError, match="not by a HiDiff trainer.*-pretrained_weights"):
+    with pytest.raises(RuntimeError, match="not by a HiDiff trainer.*nnUNet_HiDiff_pretrained_segmentor"):
         trainer.load_checkpoint(str(path))
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="cannot read the checkpoint"):

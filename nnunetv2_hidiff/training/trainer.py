@@ -87,7 +87,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     learning_rate = 1e-4  # AdamW for both networks, poly decay
     hidiff_weight_decay = 0.0  # the authors' AdamW uses none
     # warm-up: the paper pre-trains the segmentor for 40k iterations = 160 of nnU-Net's 250-iteration
-    # epochs, i.e. 16 % of the default 1000 epochs. Skipped when -pretrained_weights loaded a segmentor.
+    # epochs, i.e. 16 % of the default 1000 epochs. Skipped when a whole segmentor is loaded (below).
     warmup_epochs: Optional[int] = None  # None → round(warmup_fraction · num_epochs)
     warmup_fraction = 0.16
     # a finished plain nnU-Net checkpoint of the same plan whose *whole* segmentor (segmentation heads
@@ -434,8 +434,8 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         if "hidiff" not in checkpoint:
             raise HiDiffConfigurationError(
                 f"{source} was written by {checkpoint.get('trainer_name', 'another trainer')}, not by a HiDiff "
-                f"trainer. To start HiDiff from a plain nnU-Net model use "
-                f"'nnUNetv2_train ... -tr {self.__class__.__name__} -pretrained_weights <checkpoint>'.")
+                f"trainer. To start HiDiff from a plain nnU-Net model, set "
+                f"nnUNet_HiDiff_pretrained_segmentor=<its checkpoint_final.pth> and train without --c.")
         h = checkpoint["hidiff"]
         if h["config"] != self.hidiff_config():
             raise HiDiffConfigurationError(
