@@ -30,6 +30,7 @@ from torch import autocast
 
 from nnunetv2_hidiff.atomic import atomic_torch_save
 from nnunetv2_hidiff.diffusion import diffusion_loss
+from nnunetv2_hidiff.evaluation.metrics import nan_mean
 from nnunetv2_hidiff.networks import build_hidiff_network
 
 from .checkpointing import get_rng_states, set_rng_states
@@ -40,11 +41,6 @@ from .progress import HiDiffLocalLogger
 
 class HiDiffConfigurationError(RuntimeError):
     """A dataset, plan or checkpoint this trainer cannot use; the message says why and what to do."""
-
-
-def _nanmean(values) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def apply_budget(trainer) -> None:
@@ -339,10 +335,10 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         outputs = collate_outputs(train_outputs)
-        self.logger.log("train_losses", _nanmean(outputs["loss"]), self.current_epoch)
+        self.logger.log("train_losses", nan_mean(outputs["loss"]), self.current_epoch)
         for key in ("refiner_loss", "refiner_kl", "refiner_focal"):
             log_key = "refiner_losses" if key == "refiner_loss" else key
-            self.logger.log(log_key, _nanmean(outputs[key]), self.current_epoch)
+            self.logger.log(log_key, nan_mean(outputs[key]), self.current_epoch)
         self.logger.log("nonfinite_steps", int(np.sum(outputs["skipped"])), self.current_epoch)
 
     # ------------------------------------------------------------------ validation
