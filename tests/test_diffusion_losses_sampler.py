@@ -95,13 +95,14 @@ def test_respacing():
 @pytest.mark.parametrize("steps", [1, 3, 10])
 @pytest.mark.parametrize("final", ["mean", "sample"])
 @pytest.mark.parametrize("shape", [(2, 1, 8, 7), (2, 4, 8, 7), (2, 3, 4, 5, 6)])
-def test_ddim_with_perfect_noise_predictor_recovers_y0(steps, final, shape):
+@pytest.mark.parametrize("transition", ["threshold", "sample"])
+def test_ddim_with_perfect_noise_predictor_recovers_y0(steps, final, shape, transition):
     d = BernoulliDiffusion(T)
     g = torch.Generator().manual_seed(steps)
     y0 = (torch.rand(shape, generator=g) > 0.6).float()
     p = torch.rand(shape, generator=g)
     p[0] = 0.0 if shape[1] > 1 else 1.0  # hard priors are allowed
-    sampler = BernoulliDDIMSampler(d, num_inference_steps=steps, final=final)
+    sampler = BernoulliDDIMSampler(d, num_inference_steps=steps, final=final, transition=transition)
     y = sampler.initial_sample(p, generator=g)
     for t in sampler.timesteps:
         eps_hat = (y - y0).abs()  # the oracle knows the noise: y_t XOR y0
@@ -139,6 +140,39 @@ def test_sampler_rejects_unknown_step_and_bad_final():
         s.step(torch.zeros(1, 1), 5, torch.zeros(1, 1), torch.zeros(1, 1))
     with pytest.raises(ValueError, match="final"):
         BernoulliDDIMSampler(d, final="argmax")
+    with pytest.raises(ValueError, match="transition"):
+        BernoulliDDIMSampler(d, transition="mean")
+
+
+def test_transition_threshold_is_the_mode_and_sample_draws_from_the_mean():
+    """Same Bernoulli mean either way; "threshold" takes 1[m > 0.5], "sample" draws B(m)."""
+    d = BernoulliDiffusion(T)
+    n = 200000
+    y_t = torch.zeros(n, 1)
+    y_t[: n // 2] = 1.0
+    eps_hat = torch.full_like(y_t, 0.1)  # slightly unsure: ŷ0 = 0.1 where y_t = 0, 0.9 where y_t = 1
+    p = torch.full_like(y_t, 0.5)
+    g = torch.Generator().manual_seed(0)
+    outs = {tr: BernoulliDDIMSampler(d, transition=tr).step(eps_hat, 5, y_t, p, generator=g)
+            for tr in ("threshold", "sample")}
+    assert torch.equal(outs["threshold"].prev_mean, outs["sample"].prev_mean)
+    m = outs["threshold"].prev_mean
+    assert torch.equal(outs["threshold"].prev_sample, (m > 0.5).float())
+    assert torch.equal(outs["threshold"].prev_sample, y_t)  # a 10 % doubt flips nothing
+    flips = (outs["sample"].prev_sample != y_t).float().mean().item()
+    expected = torch.minimum(m, 1 - m).mean().item()  # B(m) disagrees with the mode this often
+    assert expected > 0.01 and flips == pytest.approx(expected, abs=0.005)
+
+
+def test_last_step_is_the_same_for_both_transitions():
+    d = BernoulliDiffusion(T)
+    g = torch.Generator().manual_seed(1)
+    y_t = (torch.rand(3, 2, 5, 5, generator=g) > 0.5).float()
+    eps_hat = torch.rand(3, 2, 5, 5, generator=g)
+    p = torch.rand(3, 2, 5, 5, generator=g)
+    a = BernoulliDDIMSampler(d, transition="threshold").step(eps_hat, 1, y_t, p)
+    b = BernoulliDDIMSampler(d, transition="sample").step(eps_hat, 1, y_t, p)
+    assert torch.equal(a.prev_sample, b.prev_sample) and torch.equal(a.prev_sample, calibrate(y_t, eps_hat))
 
 
 def test_calibration_eq10():

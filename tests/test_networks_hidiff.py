@@ -185,11 +185,14 @@ def test_same_seed_same_output_and_seed_matters():
     net.seed = 1
     assert not torch.equal(a, net(x))
     net.seed = 0
+    net.transition = "sample"  # an untrained refiner never crosses 0.5, so "threshold" keeps y_T
+    a = net(x)
     net.num_inference_steps = 3
     assert not torch.equal(a, net(x))
 
 
-def test_eval_chain_with_identity_refiner_returns_log_of_prior_sample():
+@pytest.mark.parametrize("transition", ["threshold", "sample"])
+def test_eval_chain_with_identity_refiner_returns_log_of_prior_sample_for_both_transitions(transition):
     """Oracle for the sampling plumbing: if ε̂ ≡ 0 every DDIM step keeps y_t, so the output must be
     log(clamp(y_T)) with y_T ~ B(p) drawn from torch.Generator().manual_seed(seed)."""
     net = _build(str(HIPPO_PLANS), ds=False)
@@ -198,6 +201,7 @@ def test_eval_chain_with_identity_refiner_returns_log_of_prior_sample():
         net.refiner.head.bias.fill_(-200.0)
     net.eval()
     net.seed = 7
+    net.transition = transition
     x = torch.randn(2, 1, 56, 40)
     out = net(x)
     with torch.no_grad():
@@ -206,6 +210,22 @@ def test_eval_chain_with_identity_refiner_returns_log_of_prior_sample():
     torch.testing.assert_close(out, torch.log(y_T.clamp_min(1e-6)))
     net.output_space = "logit"
     torch.testing.assert_close(net(x), torch.logit(y_T, eps=1e-6))
+
+
+def test_transition_setting_changes_the_chain_and_is_read_from_the_environment():
+    from nnunetv2_hidiff.training.inference_settings import apply_inference_settings
+
+    net = _build(str(HIPPO_PLANS), ds=False)
+    net.eval()
+    assert net.transition == "threshold"  # the default (README, "Sampler")
+    x = torch.randn(2, 1, 56, 40)
+    a = net(x)
+    apply_inference_settings(net, {"nnUNet_HiDiff_transition": "sample", "nnUNet_HiDiff_steps": "4"})
+    assert net.transition == "sample" and net.num_inference_steps == 4
+    net.num_inference_steps = 10
+    assert not torch.equal(a, net(x))
+    with pytest.raises(ValueError, match="nnUNet_HiDiff_transition='mean' must be one of"):
+        apply_inference_settings(net, {"nnUNet_HiDiff_transition": "mean"})
 
 
 def test_state_dict_is_single_and_reloadable():

@@ -13,7 +13,8 @@ import argparse
 import os
 import sys
 
-from nnunetv2_hidiff.training.inference_settings import ENV_REFINE, ENV_SAMPLES, ENV_SEED, ENV_STEPS
+from nnunetv2_hidiff.training.inference_settings import (ENV_REFINE, ENV_SAMPLES, ENV_SEED, ENV_STEPS,
+                                                         ENV_TRANSITION, TRANSITIONS)
 
 
 def parse(argv):
@@ -23,6 +24,9 @@ def parse(argv):
     parser.add_argument("--samples", type=int, help="refinement samples averaged per patch (default 1)")
     parser.add_argument("--seed", type=int, help="sampler seed (default 0)")
     parser.add_argument("--no-refine", action="store_true", help="return the segmentor's prediction unrefined")
+    parser.add_argument("--transition", choices=TRANSITIONS,
+                        help="intermediate DDIM states: 'threshold' (default, deterministic after y_T) or "
+                             "'sample' (Algorithm 2 verbatim)")
     args, rest = parser.parse_known_args(argv)
     if rest and rest[0] == "--":
         rest = rest[1:]
@@ -34,7 +38,8 @@ def parse(argv):
 
 def main(argv=None) -> None:
     args, rest = parse(sys.argv[1:] if argv is None else argv)
-    for env, value in ((ENV_STEPS, args.steps), (ENV_SAMPLES, args.samples), (ENV_SEED, args.seed)):
+    for env, value in ((ENV_STEPS, args.steps), (ENV_SAMPLES, args.samples), (ENV_SEED, args.seed),
+                       (ENV_TRANSITION, args.transition)):
         if value is not None:
             os.environ[env] = str(value)
     if args.no_refine:

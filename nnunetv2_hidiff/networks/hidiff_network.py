@@ -30,7 +30,7 @@ class HiDiffNetwork(nn.Module):
     :meth:`segment`, :meth:`prior_from_logits`, :meth:`refiner_forward` give the trainer the pieces.
 
     Eval mode: ``forward(x)`` is a drop-in for nnU-Net's sliding-window predictor:
-    segmentor → p = softmax(logits) → y_T ~ B(p) → DDIM refinement over ``num_inference_steps``
+    segmentor → p = softmax(logits) → y_T ~ B(p) → Bernoulli DDIM refinement over ``num_inference_steps``
     → ŷ0 averaged over ``num_samples`` → log(clamp(ŷ0, 1e-6)), shape (B, K, *sp), finite. nnU-Net's
     softmax of these "logits" is ŷ0 normalised over classes, so Gaussian aggregation and argmax work
     unchanged. With ``output_space = "logit"`` it returns logit(ŷ0) instead, which is what a
@@ -39,12 +39,14 @@ class HiDiffNetwork(nn.Module):
     Inference settings (plain attributes, change them any time):
         num_inference_steps (default diffusion.num_steps), num_samples (1), seed (0; a fresh
         torch.Generator seeded with it per forward call makes the output deterministic),
-        refine (True; False returns the segmentor's logits), output_space ("log" | "logit").
+        refine (True; False returns the segmentor's logits), output_space ("log" | "logit"),
+        transition ("threshold" | "sample": how intermediate DDIM states are formed, see
+        BernoulliDDIMSampler).
     """
 
     def __init__(self, segmentor: nn.Module, refiner: HiDiffRefiner, diffusion, num_classes: int,
                  num_inference_steps: Optional[int] = None, num_samples: int = 1, seed: int = 0,
-                 refine: bool = True):
+                 refine: bool = True, transition: str = "threshold"):
         super().__init__()
         if not (hasattr(segmentor, "encoder") and hasattr(segmentor, "decoder")):
             raise TypeError(f"the segmentor ({type(segmentor).__name__}) must expose .encoder and .decoder")
@@ -59,6 +61,7 @@ class HiDiffNetwork(nn.Module):
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.refine = bool(refine)
+        self.transition = str(transition)
         self.output_space = "log"
 
     # ------------------------------------------------------------------ pieces for the trainer
@@ -101,7 +104,8 @@ class HiDiffNetwork(nn.Module):
         if not self.refine:
             return logits
         prior = self.prior_from_logits(logits)
-        sampler = BernoulliDDIMSampler(self.diffusion, num_inference_steps=self.num_inference_steps, final="mean")
+        sampler = BernoulliDDIMSampler(self.diffusion, num_inference_steps=self.num_inference_steps, final="mean",
+                                       transition=self.transition)
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         y0_sum = torch.zeros_like(prior)
         for _ in range(self.num_samples):

@@ -7,8 +7,10 @@ nnU-Net's predictor builds the network through the trainer class, so these varia
     nnUNet_HiDiff_samples  samples averaged per patch (default 1)
     nnUNet_HiDiff_seed     seed of the sampler (default 0)
     nnUNet_HiDiff_refine   0 to return the segmentor's prediction without refinement (default 1)
+    nnUNet_HiDiff_transition  "threshold" (default) or "sample": intermediate DDIM states
+                           (see nnunetv2_hidiff.diffusion.BernoulliDDIMSampler)
 
-``nnunetv2_hidiff_predict`` sets them from --steps/--samples/--seed/--no-refine.
+``nnunetv2_hidiff_predict`` sets them from --steps/--samples/--seed/--no-refine/--transition.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import os
 
 ENV_STEPS, ENV_SAMPLES, ENV_SEED, ENV_REFINE = ("nnUNet_HiDiff_steps", "nnUNet_HiDiff_samples",
                                                 "nnUNet_HiDiff_seed", "nnUNet_HiDiff_refine")
+ENV_TRANSITION = "nnUNet_HiDiff_transition"
+TRANSITIONS = ("threshold", "sample")
 
 
 def _int_env(environ, name: str, default: int, low: int, high: int) -> int:
@@ -32,10 +36,15 @@ def _int_env(environ, name: str, default: int, low: int, high: int) -> int:
 
 
 def apply_inference_settings(network, environ=None) -> None:
-    """Set num_inference_steps, num_samples, seed and refine of a HiDiffNetwork from the environment."""
+    """Set num_inference_steps, num_samples, seed, refine and transition of a HiDiffNetwork from the environment."""
     env = os.environ if environ is None else environ
     T = network.diffusion.num_steps
     network.num_inference_steps = _int_env(env, ENV_STEPS, network.num_inference_steps, 1, T)
     network.num_samples = _int_env(env, ENV_SAMPLES, network.num_samples, 1, 10_000)
     network.seed = _int_env(env, ENV_SEED, network.seed, 0, 2 ** 63 - 1)
     network.refine = bool(_int_env(env, ENV_REFINE, int(network.refine), 0, 1))
+    transition = env.get(ENV_TRANSITION)
+    if transition:
+        if transition not in TRANSITIONS:
+            raise ValueError(f"environment variable {ENV_TRANSITION}={transition!r} must be one of {TRANSITIONS}")
+        network.transition = transition

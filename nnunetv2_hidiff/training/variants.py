@@ -72,15 +72,34 @@ class nnUNetTrainerHiDiff_demo(nnUNetTrainerHiDiff):
     warmup_epochs, inference_mirroring = 1, False
 
 
+# ---- CPU benchmark budget (README, "Real results"): 6 epochs × 25 iterations = 150 iterations
+# (HiDiff: 1 warm-up epoch), 5 DDIM steps, no mirroring TTA in validation. The Baseline twin below.
+class nnUNetTrainerHiDiff_cpuBench(nnUNetTrainerHiDiff):
+    budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 6, 25, 5
+    inference_steps, inference_mirroring = 5, False
+
+
+class nnUNetTrainerHiDiff_real_cpuBench(nnUNetTrainerHiDiff_cpuBench):
+    binary_refiner = False
+
+
 # ---- the plain nnU-Net baseline at the same budgets ----
 class nnUNetTrainerBaseline(nnUNetTrainer):
-    """Plain nnU-Net with the budget attributes of nnUNetTrainerHiDiff (None = nnU-Net's defaults)."""
+    """Plain nnU-Net with the budget attributes of nnUNetTrainerHiDiff (None = nnU-Net's defaults)
+    and its inference_mirroring switch (False: no mirroring TTA in validation and prediction)."""
     budget_epochs = budget_iterations_per_epoch = budget_val_iterations_per_epoch = None
+    inference_mirroring = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_budget(self)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        result = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.inference_mirroring:
+            self.inference_allowed_mirroring_axes = None
+        return result
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         super().perform_actual_validation(save_probabilities)
@@ -93,6 +112,11 @@ class nnUNetTrainerBaseline_5epochs(nnUNetTrainerBaseline):
 
 class nnUNetTrainerBaseline_50epochs(nnUNetTrainerBaseline):
     budget_epochs = 50
+
+
+class nnUNetTrainerBaseline_cpuBench(nnUNetTrainerBaseline):
+    budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 6, 25, 5
+    inference_mirroring = False
 
 
 class nnUNetTrainerBaseline_smoke(nnUNetTrainerBaseline):
