@@ -341,3 +341,12 @@ def test_residual_encoder_unet_plan_works():
     net.eval()
     out = net(torch.randn(2, 1, 56, 40))
     assert out.shape == (2, 3, 56, 40) and torch.isfinite(out).all()
+
+
+def test_predict_wrapper_parses_transition():
+    from nnunetv2_hidiff.cli.predict import parse
+
+    args, rest = parse(["--transition", "sample", "--steps", "3", "--", "-i", "a", "-o", "b"])
+    assert args.transition == "sample" and args.steps == 3 and rest == ["-i", "a", "-o", "b"]
+    with pytest.raises(SystemExit):
+        parse(["--transition", "mean"])

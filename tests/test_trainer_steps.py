@@ -156,8 +156,9 @@ def test_pretrained_weights_flag_loads_segmentor_but_keeps_warmup(nnunet_paths, 
 
 def test_pretrained_segmentor_loads_everything_and_skips_warmup(nnunet_paths, tmp_path, monkeypatch):
     tr = make_trainer("nnUNetTrainerHiDiff_5epochs")
-    plain = _plain_checkpoint(tr, tmp_path / "plain.pth")
-    monkeypatch.setenv("nnUNet_HiDiff_pretrained_segmentor", str(tmp_path / "plain.pth"))
+    plain = _plain_checkpoint(tr, tmp_path / "plain_fold0.pth")
+    # "{fold}" is replaced by the trainer's fold: one setting serves a whole cross-validation
+    monkeypatch.setenv("nnUNet_HiDiff_pretrained_segmentor", str(tmp_path / "plain_fold{fold}.pth"))
     tr.initialize()
     seg = tr.hidiff.segmentor.state_dict()
     assert all(torch.equal(seg[k], v) for k, v in plain.items())
@@ -194,3 +195,25 @@ def test_unsupported_label_setups_are_refused(nnunet_paths, change, message):
 def test_3d_configuration_is_refused(nnunet_paths):
     with pytest.raises(RuntimeError, match="supports 2d configurations only"):
         make_trainer(configuration="3d_fullres")
+
+
+@pytest.mark.parametrize("name, budget", [("nnUNetTrainerBaseline_cpuBench", (6, 25, 5)),
+                                          ("nnUNetTrainerHiDiff_cpuBench", (6, 25, 5)),
+                                          ("nnUNetTrainerHiDiff_real_cpuBench", (6, 25, 5)),
+                                          ("nnUNetTrainerBaseline_cpu400", (16, 25, 5)),
+                                          ("nnUNetTrainerHiDiff_cpuWarm100", (4, 25, 5)),
+                                          ("nnUNetTrainerHiDiff_real_cpuWarm100", (4, 25, 5)),
+                                          ("nnUNetTrainerBaseline_5epochs", (5, 250, 50))])
+def test_benchmark_variants_budget_and_mirroring(nnunet_paths, name, budget):
+    """The CPU benchmark trainers: equal budgets, and no mirroring TTA in validation for all of them
+    (HiDiff and Baseline alike), while the other variants keep nnU-Net's mirroring."""
+    tr = make_trainer(name)
+    assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == budget
+    tr.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    if "_cpu" in name:
+        assert tr.inference_allowed_mirroring_axes is None
+    else:
+        assert tr.inference_allowed_mirroring_axes == (0, 1)
+    if "HiDiff" in name:
+        assert tr.inference_steps == 5
+        assert tr.num_warmup_epochs == (0 if "Warm" in name else 1)

@@ -167,6 +167,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         path = os.environ.get("nnUNet_HiDiff_pretrained_segmentor") or self.pretrained_segmentor
         if not path:
             return
+        path = path.replace("{fold}", str(self.fold))  # one setting for a whole cross-validation
         try:
             weights = torch.load(path, map_location=self.device, weights_only=False)["network_weights"]
         except Exception as e:

@@ -83,6 +83,18 @@ class nnUNetTrainerHiDiff_real_cpuBench(nnUNetTrainerHiDiff_cpuBench):
     binary_refiner = False
 
 
+# ---- CPU warm-start protocol (the paper pre-trains the segmentor): set
+# nnUNet_HiDiff_pretrained_segmentor=<.../nnUNetTrainerBaseline_cpu400__.../fold_{fold}/checkpoint_final.pth>;
+# then 4 × 25 HiDiff iterations, 5 DDIM steps, no mirroring TTA.
+class nnUNetTrainerHiDiff_cpuWarm100(nnUNetTrainerHiDiff):
+    budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 4, 25, 5
+    warmup_epochs, inference_steps, inference_mirroring = 0, 5, False
+
+
+class nnUNetTrainerHiDiff_real_cpuWarm100(nnUNetTrainerHiDiff_cpuWarm100):
+    binary_refiner = False
+
+
 # ---- the plain nnU-Net baseline at the same budgets ----
 class nnUNetTrainerBaseline(nnUNetTrainer):
     """Plain nnU-Net with the budget attributes of nnUNetTrainerHiDiff (None = nnU-Net's defaults)
@@ -116,6 +128,12 @@ class nnUNetTrainerBaseline_50epochs(nnUNetTrainerBaseline):
 
 class nnUNetTrainerBaseline_cpuBench(nnUNetTrainerBaseline):
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 6, 25, 5
+    inference_mirroring = False
+
+
+class nnUNetTrainerBaseline_cpu400(nnUNetTrainerBaseline):
+    """16 × 25 iterations: the segmentor that nnUNetTrainerHiDiff_cpuWarm100 starts from."""
+    budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 16, 25, 5
     inference_mirroring = False
 
 
