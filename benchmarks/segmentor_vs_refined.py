@@ -67,7 +67,7 @@ def main() -> None:
                 sys.exit(f"fold {fold}: nnUNetv2_predict failed:\n{done.stderr[-2000:]}")
             seg = evaluate_folder(str(raw / "labelsTr"), str(out), str(raw / "dataset.json"),
                                   str(pre / f"{args.p}.json"), fov_folder=args.fov_folder,
-                                  num_processes=args.np, chill=False)["foreground_mean"]
+                                  num_processes=args.np, chill=True)["foreground_mean"]
         rows.append((fold, seg["Dice"], refined["Dice"], seg["HD95"], refined["HD95"]))
         print(f"fold {fold}: Dice segmentor {seg['Dice']:.4f} refined {refined['Dice']:.4f} | "
               f"HD95 segmentor {seg['HD95']:.3f} refined {refined['HD95']:.3f}", flush=True)
