@@ -52,6 +52,13 @@ def apply_budget(trainer) -> None:
             setattr(trainer, target, getattr(trainer, attr))
 
 
+def apply_inference_mirroring(trainer) -> None:
+    """Honour the class attribute inference_mirroring (False: no mirroring TTA in validation and prediction).
+    Call after nnU-Net's configure_rotation_dummyDA_mirroring_and_inital_patch_size."""
+    if not trainer.inference_mirroring:
+        trainer.inference_allowed_mirroring_axes = None
+
+
 def extend_validation_summary(trainer) -> None:
     """Add HD95, sensitivity, accuracy, NaN ratios and the small-object report to the fold's
     validation/summary.json (nnU-Net's keys are kept). A failure is logged, not raised: nnU-Net's own
@@ -183,8 +190,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         result = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        if not self.inference_mirroring:
-            self.inference_allowed_mirroring_axes = None
+        apply_inference_mirroring(self)
         return result
 
     def configure_optimizers(self):

@@ -12,7 +12,7 @@ smoke variant that runs one tiny epoch for tests and CI.
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from .trainer import apply_budget, extend_validation_summary, nnUNetTrainerHiDiff
+from .trainer import apply_budget, apply_inference_mirroring, extend_validation_summary, nnUNetTrainerHiDiff
 
 
 class nnUNetTrainerHiDiff_real(nnUNetTrainerHiDiff):
@@ -109,8 +109,7 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         result = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        if not self.inference_mirroring:
-            self.inference_allowed_mirroring_axes = None
+        apply_inference_mirroring(self)
         return result
 
     def perform_actual_validation(self, save_probabilities: bool = False):
