@@ -48,7 +48,6 @@ def main() -> None:
     from nnunetv2.run.run_training import get_trainer_from_args
     from nnunetv2_hidiff.diffusion import BernoulliDDIMSampler
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     tr = get_trainer_from_args(args.d, "2d", args.f, args.tr, args.p, device=torch.device("cpu"))
     tr.load_checkpoint(f"{tr.output_folder}/checkpoint_final.pth")
     net = tr.hidiff

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import os
 
+from nnunetv2_hidiff.diffusion import BernoulliDDIMSampler
+
 ENV_STEPS, ENV_SAMPLES, ENV_SEED, ENV_REFINE = ("nnUNet_HiDiff_steps", "nnUNet_HiDiff_samples",
                                                 "nnUNet_HiDiff_seed", "nnUNet_HiDiff_refine")
 ENV_TRANSITION = "nnUNet_HiDiff_transition"
-TRANSITIONS = ("threshold", "sample")
+TRANSITIONS = BernoulliDDIMSampler.TRANSITIONS
 
 
 def _int_env(environ, name: str, default: int, low: int, high: int) -> int:
