@@ -236,6 +236,24 @@ def test_test_fov_restricts_the_added_metrics(bench, tmp_path):
             assert _mean_std(dice)[0] == pytest.approx(nan_mean(values), abs=6e-5)
 
 
+def test_test_folds_choose_the_ensemble(bench, tmp_path):
+    """--test-folds 1: the test set is predicted again with fold 1 alone (the fold-0+1 predictions are not
+    reused), for both trainers, and summary.md names the fold; validation rows are unchanged."""
+    out = tmp_path / "bench_fold1"
+    shutil.copytree(bench["out"], out)
+    args = [a if a != bench["out"] else out for a in bench["args"]]
+    proc = _run([*args, "--collect-only", "--test-folds", "1"], bench["env"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for t in TRAINERS:
+        assert f"{t}: test set predicted with folds [1] in" in proc.stdout
+        marker = json.loads((out / "test" / t / ".benchmark_prediction.json").read_text())
+        assert marker["inputs"]["folds"] == [1]
+    md = (out / "summary.md").read_text()
+    assert {row[1] for row in _table(md, "Trainer", after="## Held-out test set")} == {"1"}
+    valid = [r for r in read_csv(out / "results.csv") if r.split == "validation"]
+    assert valid == [r for r in read_csv(bench["out"] / "results.csv") if r.split == "validation"]
+
+
 def test_failed_training_is_reported_and_the_rest_is_collected(bench, tmp_path):
     """A trainer that crashes: message with the log file, exit 1, the other trainer's folds still reported."""
     ext = tmp_path / "ext"

@@ -15,7 +15,7 @@ from nnunetv2_hidiff.benchmark.collect import (CSV_COLUMNS, Row, collect_summary
 from nnunetv2_hidiff.benchmark.report import FOREGROUND, ReportInput, fold_means, render_markdown
 from nnunetv2_hidiff.benchmark.runner import (COMPLETE, INTERRUPTED, MISSING, NEEDS_VALIDATION, Job,
                                               checkpoint_training_seconds, ext_trainer_path, fold_state,
-                                              train_command)
+                                              refreshed, train_command)
 from nnunetv2_hidiff.benchmark.stats import nan_mean, nan_std, ttest_paired, wilcoxon_paired
 
 NAN = float("nan")
@@ -110,6 +110,30 @@ def test_fold_states_and_commands(tmp_path):
                                                              "-device", "cpu", "--c"]
     assert train_command("D", "2d", Job("T", 0, fold, NEEDS_VALIDATION), "P", "cpu")[-1] == "--val"
     assert train_command("D", "2d", Job("T", 0, fold, MISSING), "P", "cpu")[-1] == "cpu"
+
+
+def test_a_fold_is_planned_again_just_before_it_runs(tmp_path):
+    """Planned as missing; another process then starts it (resume) and later finishes it (not run again)."""
+    fold = tmp_path / "fold_1"
+    planned = Job("T", 1, fold, fold_state(fold))
+    assert planned.action == "train"
+    fold.mkdir()
+    (fold / "checkpoint_latest.pth").touch()
+    assert refreshed(planned).action == "resume"
+    (fold / "checkpoint_final.pth").touch()
+    (fold / "validation").mkdir()
+    (fold / "validation" / "summary.json").write_text("{}")
+    again = refreshed(planned)
+    assert again.state == COMPLETE and again.action is None
+    assert (again.trainer, again.fold, again.folder) == ("T", 1, fold)
+
+
+def test_test_ensemble_folds():
+    assert cli.test_ensemble([2, 0, 1], None) == [0, 1, 2]
+    assert cli.test_ensemble([0, 1, 2], [0]) == [0]
+    assert cli.test_ensemble([0, 1, 2], [2, 0, 2]) == [0, 2]
+    assert cli.test_ensemble([0, 2], [0, 1]) == []  # fold 1 not complete: no smaller, incomparable ensemble
+    assert cli.test_ensemble([], None) == []
 
 
 def test_ext_trainer_path_prepends_ours_and_keeps_the_users(tmp_path):
@@ -218,6 +242,12 @@ def test_cli_input_errors(bench_env, tmp_path, capsys):
     assert "no complete fold" in _error(capsys, ["-d", "990", "--collect-only", *smoke])
     assert "--test-images and --test-labels go together" in _error(capsys, ["-d", "990", *smoke, "--test-images",
                                                                             str(tmp_path)])
+    assert "--test-folds needs --test-images" in _error(capsys, ["-d", "990", *smoke, "--test-folds", "0"])
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    assert "--test-folds 3: not among --folds 0 1" in _error(
+        capsys, ["-d", "990", *smoke, "--folds", "0", "1", "--test-folds", "0", "3", "--test-images", str(tmp_path),
+                 "--test-labels", str(labels)])
     assert not (tmp_path / "results").exists()  # nothing written on input errors
 
 

@@ -1,9 +1,11 @@
 """``nnunetv2_hidiff_benchmark`` (or ``python -m nnunetv2_hidiff.benchmark``): did HiDiff beat plain nnU-Net?
 
 Trains what is missing with nnU-Net's own ``nnUNetv2_train`` (per trainer and fold, on nnU-Net's splits; an
-interrupted fold is resumed with ``--c``, a fold whose validation was interrupted is validated with ``--val``),
+interrupted fold is resumed with ``--c``, a fold whose validation was interrupted is validated with ``--val``;
+each fold's state is read again just before its run, so a fold finished meanwhile by another process is not
+trained twice),
 collects every fold's validation metrics (adding HD95 etc. to summaries that lack them), optionally predicts a
-held-out test set with each trainer's fold ensemble, and writes into one folder:
+held-out test set with each trainer's fold ensemble (``--test-folds``), and writes into one folder:
 
 * ``results.csv``: trainer, fold, class, case, metric, value, split (long format, see collect.py);
 * ``summary.md``: mean ± std over folds per trainer and class, paired tests, wall time, the command line;
@@ -35,7 +37,8 @@ from .collect import (ENSEMBLE, TEST, VALIDATION, Collected, collect_summary, ha
                       sort_rows, write_csv)
 from .report import ReportInput, write_figure, write_markdown
 from .runner import (COMPLETE, Job, JobResult, TimingStore, cli_path, fold_folder,
-                     fold_state, fold_wall_time, log_name, run_logged, subprocess_env, train_command, trainers_dir)
+                     fold_state, fold_wall_time, log_name, refreshed, run_logged, subprocess_env, train_command,
+                     trainers_dir)
 
 PROG = "nnunetv2_hidiff_benchmark"
 DEFAULT_TRAINERS = ["nnUNetTrainerBaseline_5epochs", "nnUNetTrainerHiDiff_5epochs"]
@@ -69,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-labels", help="reference segmentations of --test-images")
     p.add_argument("--test-fov", help="FOV masks of the test cases (same file names as the labels): HD95, "
                                       "Sensitivity, Specificity, Accuracy and Dice_FOV are computed inside the FOV")
+    p.add_argument("--test-folds", nargs="+", type=int, default=None,
+                   help="folds whose ensemble predicts the test set, the same for every trainer (a subset of "
+                        "--folds). Default: each trainer's complete folds")
     p.add_argument("--disable-tta", action="store_true", help="test prediction without mirroring TTA (faster)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="Default: cpu")
     p.add_argument("-np", "--num-processes", type=int, default=None,
@@ -125,6 +131,13 @@ def _check_test_args(args) -> None:
         raise BenchmarkError("--test-images and --test-labels go together")
     if args.test_fov and not args.test_images:
         raise BenchmarkError("--test-fov needs --test-images and --test-labels")
+    if args.test_folds is not None:
+        if not args.test_images:
+            raise BenchmarkError("--test-folds needs --test-images and --test-labels")
+        outside = sorted(set(args.test_folds) - set(args.folds))
+        if outside:
+            raise BenchmarkError(f"--test-folds {' '.join(map(str, outside))}: not among --folds "
+                                 f"{' '.join(map(str, sorted(set(args.folds))))}")
     for opt in ("test_images", "test_labels", "test_fov"):
         value = getattr(args, opt)
         if value and not Path(value).is_dir():
@@ -179,6 +192,14 @@ def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, fold
 
     atomic_write_text(marker, json.dumps({"inputs": expected, "seconds": seconds}, indent=2) + "\n")
     return True, seconds, log
+
+
+def test_ensemble(complete: Sequence[int], requested: Optional[Sequence[int]]) -> List[int]:
+    """The folds that predict the test set: ``requested`` if all of them are complete (else none: a smaller
+    ensemble than asked for would not be comparable between trainers), by default every complete fold."""
+    if requested is None:
+        return sorted(complete)
+    return sorted(set(requested)) if set(requested) <= set(complete) else []
 
 
 def _file_id(path: Path) -> Optional[List[int]]:
@@ -249,7 +270,12 @@ def _run(args, command: str) -> int:
     bar = tqdm(total=len(to_run) + n_test, unit="job", desc="benchmark", file=sys.stderr, dynamic_ncols=True,
                disable=(len(to_run) + n_test == 0))
     try:
-        for j in to_run:
+        for planned in to_run:
+            j = refreshed(planned)
+            if j.action is None:
+                _status(f"{j.trainer} fold {j.fold}: completed by another process meanwhile, not run again")
+                bar.update(1)
+                continue
             bar.set_postfix_str(f"{j.action} {j.trainer} fold {j.fold}")
             log = logs / log_name(j.trainer, f"fold{j.fold}", j.action)
             rc, seconds = run_logged(train_command(dataset_name, args.configuration, j, args.plans, args.device),
@@ -298,16 +324,22 @@ def _run(args, command: str) -> int:
 
         # ---- held-out test set
         test_seconds: Dict[str, Optional[float]] = {}
+        test_folds: Dict[str, List[int]] = {}
         if args.test_images:
             file_ending = dataset_json["file_ending"]
             for t in args.trainers:
                 bar.set_postfix_str(f"test {t}")
-                if not complete_folds[t]:
-                    problems.append(f"{t}: no complete fold, no test-set prediction")
+                ensemble = test_ensemble(complete_folds[t], args.test_folds)
+                if not ensemble:
+                    incomplete = sorted(set(args.test_folds or []) - set(complete_folds[t]))
+                    problems.append(f"{t}: no test-set prediction: " + (
+                        f"--test-folds {' '.join(map(str, incomplete))} not complete" if incomplete
+                        else "no complete fold"))
                     bar.update(1)
                     continue
+                test_folds[t] = ensemble
                 pred_dir = out / "test" / t
-                ok, seconds, log = _predict_test(args, dataset_name, t, trainer_dirs[t], complete_folds[t], pred_dir,
+                ok, seconds, log = _predict_test(args, dataset_name, t, trainer_dirs[t], ensemble, pred_dir,
                                                  logs, env, n_proc, file_ending)
                 test_seconds[t] = seconds
                 bar.update(1)
@@ -316,7 +348,7 @@ def _run(args, command: str) -> int:
                     problems.append(msg)
                     _status(msg)
                     continue
-                _status(f"{t}: test set predicted with folds {complete_folds[t]}"
+                _status(f"{t}: test set predicted with folds {ensemble}"
                         + (f" in {seconds:.0f} s (log: {log})" if log else " (reused)"))
                 try:
                     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints its reader/writer choice
@@ -338,7 +370,7 @@ def _run(args, command: str) -> int:
         folds=folds, command=command, rows=rows,
         nan_counts={(c.trainer, c.split, c.fold): c.nan_counts for c in collected},
         budgets={t: str(b) for t, b in budgets.items()}, wall_times=wall, test_seconds=test_seconds,
-        test_folds={t: complete_folds[t] for t in args.trainers} if args.test_images else {},
+        test_folds=test_folds,
         test_fov=args.test_fov, test_images=args.test_images, missing=missing, problems=problems,
         generated=time.strftime("%Y-%m-%d %H:%M:%S"))
     write_csv(rows, out / "results.csv")

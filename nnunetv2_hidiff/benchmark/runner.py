@@ -91,6 +91,13 @@ class Job:
         return ACTION.get(self.state)
 
 
+def refreshed(job: Job) -> Job:
+    """``job`` with its fold state read again, just before it runs: another process (a second benchmark, a
+    hand-started ``nnUNetv2_train``) may have finished or started the fold since the benchmark planned its runs.
+    A fold that is now complete has ``action`` None and is not run again."""
+    return Job(job.trainer, job.fold, job.folder, fold_state(job.folder))
+
+
 @dataclass
 class JobResult:
     job: Job
