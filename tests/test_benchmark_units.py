@@ -12,10 +12,11 @@ from nnunetv2_hidiff.benchmark.budget import (BenchmarkError, Budget, check_equa
                                               resolve_trainers, trainer_budget)
 from nnunetv2_hidiff.benchmark.collect import (CSV_COLUMNS, Row, collect_summary, csv_text, format_value,
                                                label_names, read_csv, sort_rows, write_csv)
-from nnunetv2_hidiff.benchmark.report import FOREGROUND, ReportInput, fold_means, render_markdown
+from nnunetv2_hidiff.benchmark.report import (FOREGROUND, ReportInput, describe_warm_start, fold_means,
+                                              render_markdown)
 from nnunetv2_hidiff.benchmark.runner import (COMPLETE, INTERRUPTED, MISSING, NEEDS_VALIDATION, Job,
                                               checkpoint_training_seconds, ext_trainer_path, fold_state,
-                                              refreshed, train_command)
+                                              refreshed, train_command, warm_start_source)
 from nnunetv2_hidiff.benchmark.stats import nan_mean, nan_std, ttest_paired, wilcoxon_paired
 
 NAN = float("nan")
@@ -126,6 +127,34 @@ def test_a_fold_is_planned_again_just_before_it_runs(tmp_path):
     again = refreshed(planned)
     assert again.state == COMPLETE and again.action is None
     assert (again.trainer, again.fold, again.folder) == ("T", 1, fold)
+
+
+def test_warm_start_is_read_from_the_training_logs(tmp_path):
+    """The trainer's own log line (WARM_START_MESSAGE) in any of the fold's logs (a resumed run starts a new one)."""
+    from nnunetv2_hidiff.training.trainer import WARM_START_MESSAGE
+
+    fold = tmp_path / "fold_2"
+    fold.mkdir()
+    assert warm_start_source(fold) is None
+    (fold / "training_log_2026_01_01_00_00_00.txt").write_text("2026-01-01 00:00:00.1: Epoch 0 \n")
+    assert warm_start_source(fold) is None
+    path = "/r/Dataset9_X/nnUNetTrainerBaseline__P__2d/fold_2/checkpoint_final.pth"
+    (fold / "training_log_2026_01_01_00_00_01.txt").write_text(
+        f"2026-01-01 00:00:01.5: {WARM_START_MESSAGE.format(path=path)} \n2026-01-01 00:00:02.0: Epoch 0 \n")
+    assert warm_start_source(fold) == path
+
+
+def test_warm_start_in_the_budget_column():
+    assert describe_warm_start({}) == ""
+    same = {f: f"/r/B/fold_{f}/checkpoint_final.pth" for f in (0, 1)}
+    assert describe_warm_start(same) == ", after a warm start (folds 0, 1) from `/r/B/fold_{fold}/checkpoint_final.pth`"
+    mixed = {0: "/a.pth", 3: "/b.pth"}
+    assert describe_warm_start(mixed) == ", after a warm start (folds 0, 3) from fold 0: `/a.pth`; fold 3: `/b.pth`"
+    inp = ReportInput(dataset="D", configuration="2d", plans="P", trainers=["A", "B"], folds=[0, 1], command="cmd",
+                      rows=_rows(), nan_counts={}, budgets={"A": "4 epochs", "B": "1 epoch"}, warm_starts={"B": same})
+    md = render_markdown(inp)
+    assert "| A | 4 epochs | 0, 1 | none |" in md
+    assert "| B | 1 epoch, after a warm start (folds 0, 1) from `/r/B/fold_{fold}/checkpoint_final.pth` |" in md
 
 
 def test_test_ensemble_folds():

@@ -2,6 +2,8 @@
 import json
 import os
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -163,6 +165,10 @@ def test_pretrained_segmentor_loads_everything_and_skips_warmup(nnunet_paths, tm
     seg = tr.hidiff.segmentor.state_dict()
     assert all(torch.equal(seg[k], v) for k, v in plain.items())
     assert tr.num_warmup_epochs == 0
+    # the fold's training log names the checkpoint, which is how the benchmark reports a warm start
+    from nnunetv2_hidiff.benchmark.runner import warm_start_source
+
+    assert warm_start_source(Path(tr.output_folder)) == str(tmp_path / "plain_fold0.pth")
     monkeypatch.setenv("nnUNet_HiDiff_pretrained_segmentor", str(tmp_path / "missing.pth"))
     with pytest.raises(RuntimeError, match="missing.pth: cannot read the segmentor checkpoint"):
         make_trainer("nnUNetTrainerHiDiff_5epochs").initialize()

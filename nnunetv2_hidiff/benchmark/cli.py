@@ -38,7 +38,7 @@ from .collect import (ENSEMBLE, TEST, VALIDATION, Collected, collect_summary, ha
 from .report import ReportInput, write_figure, write_markdown
 from .runner import (COMPLETE, Job, JobResult, TimingStore, cli_path, fold_folder,
                      fold_state, fold_wall_time, log_name, refreshed, run_logged, subprocess_env, train_command,
-                     trainers_dir)
+                     trainers_dir, warm_start_source)
 
 PROG = "nnunetv2_hidiff_benchmark"
 DEFAULT_TRAINERS = ["nnUNetTrainerBaseline_5epochs", "nnUNetTrainerHiDiff_5epochs"]
@@ -298,6 +298,7 @@ def _run(args, command: str) -> int:
         missing: Dict[str, List[str]] = {t: [] for t in args.trainers}
         wall: Dict[str, list] = {t: [] for t in args.trainers}
         complete_folds: Dict[str, List[int]] = {t: [] for t in args.trainers}
+        warm_starts: Dict[str, Dict[int, str]] = {}
         for j in jobs:
             state = fold_state(j.folder)
             if state != COMPLETE:
@@ -318,6 +319,9 @@ def _run(args, command: str) -> int:
                 dataset_json = json.loads((trainer_dirs[j.trainer] / "dataset.json").read_text())
             collected.append(collect_summary(summary, j.trainer, str(j.fold), VALIDATION, dataset_json))
             complete_folds[j.trainer].append(j.fold)
+            source = warm_start_source(j.folder)
+            if source:
+                warm_starts.setdefault(j.trainer, {})[j.fold] = source
             wall[j.trainer].append((j.fold, *fold_wall_time(timings, j.trainer, j.fold, j.folder)))
         if not collected:
             raise BenchmarkError("no fold could be collected (all runs failed?); see the messages above")
@@ -369,7 +373,7 @@ def _run(args, command: str) -> int:
         dataset=dataset_name, configuration=args.configuration, plans=args.plans, trainers=list(args.trainers),
         folds=folds, command=command, rows=rows,
         nan_counts={(c.trainer, c.split, c.fold): c.nan_counts for c in collected},
-        budgets={t: str(b) for t, b in budgets.items()}, wall_times=wall, test_seconds=test_seconds,
+        budgets={t: str(b) for t, b in budgets.items()}, warm_starts=warm_starts, wall_times=wall, test_seconds=test_seconds,
         test_folds=test_folds,
         test_fov=args.test_fov, test_images=args.test_images, missing=missing, problems=problems,
         generated=time.strftime("%Y-%m-%d %H:%M:%S"))

@@ -57,6 +57,7 @@ class ReportInput:
     rows: List[Row]
     nan_counts: Dict[Tuple[str, str, str], Dict[str, dict]]  # (trainer, split, fold) -> class -> counts
     budgets: Dict[str, str] = field(default_factory=dict)
+    warm_starts: Dict[str, Dict[int, str]] = field(default_factory=dict)  # trainer -> fold -> segmentor checkpoint
     wall_times: Dict[str, List[Tuple[int, Optional[float], str]]] = field(default_factory=dict)
     test_seconds: Dict[str, Optional[float]] = field(default_factory=dict)
     test_folds: Dict[str, List[int]] = field(default_factory=dict)
@@ -279,6 +280,18 @@ def _test_section(inp: ReportInput) -> List[str]:
     return lines + [""]
 
 
+def describe_warm_start(sources: Dict[int, str]) -> str:
+    """Budget-cell suffix for folds that started from a trained segmentor: one path with ``fold_{fold}`` when the
+    folds' paths differ only by their fold folder, else one path per fold."""
+    if not sources:
+        return ""
+    folds = sorted(sources)
+    generic = {sources[f].replace(f"fold_{f}", "fold_{fold}") for f in folds}
+    where = (f"`{generic.pop()}`" if len(generic) == 1
+             else "; ".join(f"fold {f}: `{sources[f]}`" for f in folds))
+    return f", after a warm start (folds {', '.join(map(str, folds))}) from {where}"
+
+
 def render_markdown(inp: ReportInput) -> str:
     lines = [f"# HiDiff benchmark: {inp.dataset} ({inp.configuration}, {inp.plans})", ""]
     if inp.generated:
@@ -290,8 +303,8 @@ def render_markdown(inp: ReportInput) -> str:
     for t in inp.trainers:
         done = folds_of(inp.rows, t)
         missing = inp.missing.get(t, [])
-        status.append([t, inp.budgets.get(t, "?"), ", ".join(done) or "none",
-                       ", ".join(missing) or "none"])
+        budget = inp.budgets.get(t, "?") + describe_warm_start(inp.warm_starts.get(t, {}))
+        status.append([t, budget, ", ".join(done) or "none", ", ".join(missing) or "none"])
     lines += _table(["Trainer", "Budget", "Folds collected", "Folds missing"], status) + [""]
     lines += _validation_section(inp) + _differences_section(inp)
     if inp.test_images:

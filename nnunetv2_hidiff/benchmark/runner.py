@@ -148,6 +148,27 @@ def checkpoint_training_seconds(checkpoint: Path) -> Optional[float]:
     return float(sum(float(ends[i]) - float(starts[i]) for i in range(n))) if n else None
 
 
+def warm_start_source(folder: Path) -> Optional[str]:
+    """The segmentor checkpoint a HiDiff fold started from (``nnUNet_HiDiff_pretrained_segmentor``), read from
+    the fold's nnU-Net training logs (the trainer writes ``WARM_START_MESSAGE``); None for a fold trained from
+    scratch or by another trainer."""
+    import re
+
+    from nnunetv2_hidiff.training.trainer import WARM_START_MESSAGE
+
+    prefix, suffix = WARM_START_MESSAGE.split("{path}")
+    pattern = re.compile(re.escape(prefix) + r"(.+)" + re.escape(suffix))
+    for log in sorted(folder.glob("training_log_*.txt")):
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            continue
+        found = pattern.search(text)
+        if found:
+            return found.group(1)
+    return None
+
+
 # ---------------------------------------------------------------- wall time
 MEASURED, FROM_CHECKPOINT = "measured", "checkpoint"
 

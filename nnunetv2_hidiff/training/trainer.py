@@ -39,6 +39,11 @@ from .inference_settings import apply_inference_settings
 from .progress import HiDiffLocalLogger
 
 
+# written to the fold's training log when a whole segmentor is loaded; the benchmark reads it back to report
+# warm-started folds (benchmark/runner.py: warm_start_source)
+WARM_START_MESSAGE = "Loaded the whole segmentor from {path}: no segmentor warm-up."
+
+
 class HiDiffConfigurationError(RuntimeError):
     """A dataset, plan or checkpoint this trainer cannot use; the message says why and what to do."""
 
@@ -186,7 +191,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             raise HiDiffConfigurationError(f"{path}: not a segmentor of this plan and dataset "
                                            f"({str(e).splitlines()[0]} ...)") from None
         self.num_warmup_epochs = 0
-        self.print_to_log_file(f"Loaded the whole segmentor from {path}: no segmentor warm-up.")
+        self.print_to_log_file(WARM_START_MESSAGE.format(path=path))
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         result = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
