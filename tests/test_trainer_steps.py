@@ -194,13 +194,19 @@ def test_unsupported_label_setups_are_refused(nnunet_paths, change, message):
     else:
         dataset["labels"] = {"background": 0, "ab": [1, 2], "b": 2}
         dataset["regions_class_order"] = [1, 2]
+    fold = Path(os.environ["nnUNet_results"]) / "Dataset990_Tiny" / "nnUNetTrainerHiDiff_smoke__nnUNetPlans__2d" / "fold_0"
+    logs_before = sorted(fold.glob("training_log_*.txt"))
     with pytest.raises(RuntimeError, match=message):
         nnUNetTrainerHiDiff_smoke(plans, "2d", 0, dataset, torch.device("cpu"))
+    assert sorted(fold.glob("training_log_*.txt")) == logs_before  # refused before nnU-Net writes anything
 
 
 def test_3d_configuration_is_refused(nnunet_paths):
     with pytest.raises(RuntimeError, match="supports 2d configurations only"):
         make_trainer(configuration="3d_fullres")
+    # refused before nnU-Net's __init__ creates the output folder
+    assert not (Path(os.environ["nnUNet_results"]) / "Dataset990_Tiny"
+                / "nnUNetTrainerHiDiff_smoke__nnUNetPlans__3d_fullres").exists()
 
 
 @pytest.mark.parametrize("name, budget", [("nnUNetTrainerBaseline_cpuBench", (6, 25, 5)),

@@ -115,6 +115,8 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        # refuse before nnU-Net's __init__, which creates the fold's output folder and a log file
+        self._check_supported(plans, configuration, dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = self.learning_rate
         self.weight_decay = self.hidiff_weight_decay
@@ -128,24 +130,29 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         self.refiner_grad_scaler = (torch.amp.GradScaler("cuda") if self.device.type == "cuda" else None)
         self.diffusion_rng = torch.Generator(device=self.device).manual_seed(20240703 + fold if isinstance(fold, int) else 20240703)
         self.nonfinite_in_a_row = 0
-        self._check_supported()
 
     # ------------------------------------------------------------------ set-up
-    def _check_supported(self) -> None:
-        name = self.__class__.__name__
-        if len(self.configuration_manager.patch_size) != 2:
+    @classmethod
+    def _check_supported(cls, plans: dict, configuration: str, dataset_json: dict) -> None:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        name = cls.__name__
+        plans_manager = PlansManager(plans)
+        patch_size = plans_manager.get_configuration(configuration).patch_size
+        label_manager = plans_manager.get_label_manager(dataset_json)
+        if len(patch_size) != 2:
             raise HiDiffConfigurationError(
-                f"{name} supports 2d configurations only; configuration '{self.configuration_name}' has a "
-                f"{len(self.configuration_manager.patch_size)}D patch. Train with '-c 2d'.")
-        if self.label_manager.has_regions:
+                f"{name} supports 2d configurations only; configuration '{configuration}' has a "
+                f"{len(patch_size)}D patch. Train with '-c 2d'.")
+        if label_manager.has_regions:
             raise HiDiffConfigurationError(
                 f"{name} does not support region-based training (dataset.json 'regions_class_order'); "
                 f"use plain labels.")
-        if self.label_manager.has_ignore_label:
+        if label_manager.has_ignore_label:
             raise HiDiffConfigurationError(
                 f"{name} does not support an ignore label (dataset.json label 'ignore'): the diffusion "
                 f"target y0 needs a class for every pixel.")
-        if self.is_ddp:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # nnU-Net's is_ddp
             raise HiDiffConfigurationError(f"{name} does not support multi-GPU (DDP) training.")
 
     def hidiff_config(self) -> dict:
