@@ -157,12 +157,12 @@ def test_warm_start_in_the_budget_column():
     assert "| B | 1 epoch, after a warm start (folds 0, 1) from `/r/B/fold_{fold}/checkpoint_final.pth` |" in md
 
 
-def test_test_ensemble_folds():
-    assert cli.test_ensemble([2, 0, 1], None) == [0, 1, 2]
-    assert cli.test_ensemble([0, 1, 2], [0]) == [0]
-    assert cli.test_ensemble([0, 1, 2], [2, 0, 2]) == [0, 2]
-    assert cli.test_ensemble([0, 2], [0, 1]) == []  # fold 1 not complete: no smaller, incomparable ensemble
-    assert cli.test_ensemble([], None) == []
+def test_ensemble_folds_for_the_test_set():
+    assert cli.ensemble_folds([2, 0, 1], None) == [0, 1, 2]
+    assert cli.ensemble_folds([0, 1, 2], [0]) == [0]
+    assert cli.ensemble_folds([0, 1, 2], [2, 0, 2]) == [0, 2]
+    assert cli.ensemble_folds([0, 2], [0, 1]) == []  # fold 1 not complete: no smaller, incomparable ensemble
+    assert cli.ensemble_folds([], None) == []
 
 
 def test_ext_trainer_path_prepends_ours_and_keeps_the_users(tmp_path):

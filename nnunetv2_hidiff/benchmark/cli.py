@@ -194,7 +194,7 @@ def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, fold
     return True, seconds, log
 
 
-def test_ensemble(complete: Sequence[int], requested: Optional[Sequence[int]]) -> List[int]:
+def ensemble_folds(complete: Sequence[int], requested: Optional[Sequence[int]]) -> List[int]:
     """The folds that predict the test set: ``requested`` if all of them are complete (else none: a smaller
     ensemble than asked for would not be comparable between trainers), by default every complete fold."""
     if requested is None:
@@ -333,7 +333,7 @@ def _run(args, command: str) -> int:
             file_ending = dataset_json["file_ending"]
             for t in args.trainers:
                 bar.set_postfix_str(f"test {t}")
-                ensemble = test_ensemble(complete_folds[t], args.test_folds)
+                ensemble = ensemble_folds(complete_folds[t], args.test_folds)
                 if not ensemble:
                     incomplete = sorted(set(args.test_folds or []) - set(complete_folds[t]))
                     problems.append(f"{t}: no test-set prediction: " + (
