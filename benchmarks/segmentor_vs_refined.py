@@ -1,11 +1,12 @@
 """How much does the refiner change a trained HiDiff model's validation result?
 
     python benchmarks/segmentor_vs_refined.py -d 901 -p nnUNetPlans_hidiffCPU -tr nnUNetTrainerHiDiff_cpuWarm100 \
-        --folds 0 1 2 3 4 [--fov-folder .../fovTr]
+        --folds 0 1 2 3 4
 
 For every fold that has finished (``validation/summary.json`` exists), predicts the fold's validation cases
 again with ``nnUNet_HiDiff_refine=0`` (the same network's segmentor alone, no mirroring TTA, as the
-benchmark trainers validate) and evaluates them with nnunetv2_hidiff's metrics. It prints, per fold, the
+benchmark trainers validate) and evaluates them with nnunetv2_hidiff's metrics on the whole image, as the fold's
+summary.json was (no FOV restriction, so both columns are computed the same way). It prints, per fold, the
 foreground-mean Dice and HD95 of the segmentor alone next to the refined values from the fold's own
 ``validation/summary.json``, and the mean over folds. Environment: nnUNet_raw, nnUNet_preprocessed,
 nnUNet_results and nnUNet_extTrainer as for training. Prints numbers; asserts nothing.
@@ -28,7 +29,6 @@ def main() -> None:
     parser.add_argument("-c", default="2d")
     parser.add_argument("-tr", required=True)
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--fov-folder", help="FOV masks of the training cases (DRIVE: fovTr)")
     parser.add_argument("-np", type=int, default=1)
     args = parser.parse_args()
 
@@ -66,8 +66,7 @@ def main() -> None:
             if done.returncode != 0:
                 sys.exit(f"fold {fold}: nnUNetv2_predict failed:\n{done.stderr[-2000:]}")
             seg = evaluate_folder(str(raw / "labelsTr"), str(out), str(raw / "dataset.json"),
-                                  str(pre / f"{args.p}.json"), fov_folder=args.fov_folder,
-                                  num_processes=args.np, chill=True)["foreground_mean"]
+                                  str(pre / f"{args.p}.json"), num_processes=args.np, chill=True)["foreground_mean"]
         rows.append((fold, seg["Dice"], refined["Dice"], seg["HD95"], refined["HD95"]))
         print(f"fold {fold}: Dice segmentor {seg['Dice']:.4f} refined {refined['Dice']:.4f} | "
               f"HD95 segmentor {seg['HD95']:.3f} refined {refined['HD95']:.3f}", flush=True)
