@@ -194,7 +194,8 @@ def test_unsupported_label_setups_are_refused(nnunet_paths, change, message):
     else:
         dataset["labels"] = {"background": 0, "ab": [1, 2], "b": 2}
         dataset["regions_class_order"] = [1, 2]
-    fold = Path(os.environ["nnUNet_results"]) / "Dataset990_Tiny" / "nnUNetTrainerHiDiff_smoke__nnUNetPlans__2d" / "fold_0"
+    results = Path(os.environ["nnUNet_results"])
+    fold = results / "Dataset990_Tiny" / "nnUNetTrainerHiDiff_smoke__nnUNetPlans__2d" / "fold_0"
     logs_before = sorted(fold.glob("training_log_*.txt"))
     with pytest.raises(RuntimeError, match=message):
         nnUNetTrainerHiDiff_smoke(plans, "2d", 0, dataset, torch.device("cpu"))

@@ -36,7 +36,7 @@ from .budget import BenchmarkError, check_equal_budgets, resolve_trainers
 from .collect import (ENSEMBLE, TEST, VALIDATION, Collected, collect_summary, has_hidiff_metrics, load_summary,
                       sort_rows, write_csv)
 from .report import ReportInput, write_figure, write_markdown
-from .runner import (COMPLETE, Job, JobResult, TimingStore, cli_path, fold_folder,
+from .runner import (COMPLETE, Job, JobResult, TimingStore, checkpoint_id, cli_path, fold_folder,
                      fold_state, fold_wall_time, log_name, refreshed, run_logged, subprocess_env, train_command,
                      trainers_dir, warm_start_source)
 
@@ -166,7 +166,7 @@ def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, fold
         raise BenchmarkError(f"--test-images {images}: no files named CASE_0000{file_ending}")
     expected = {
         "images": str(images), "cases": cases, "folds": folds, "disable_tta": bool(args.disable_tta),
-        "checkpoints": {str(f): _file_id(fold_folder(trainer_dir, f) / "checkpoint_final.pth") for f in folds},
+        "checkpoints": {str(f): checkpoint_id(fold_folder(trainer_dir, f)) for f in folds},
     }
     marker = out_dir / ".benchmark_prediction.json"
     if marker.is_file() and all((out_dir / (c + file_ending)).is_file() for c in cases):
@@ -200,14 +200,6 @@ def ensemble_folds(complete: Sequence[int], requested: Optional[Sequence[int]]) 
     if requested is None:
         return sorted(complete)
     return sorted(set(requested)) if set(requested) <= set(complete) else []
-
-
-def _file_id(path: Path) -> Optional[List[int]]:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_mtime_ns, st.st_size]
 
 
 # ---------------------------------------------------------------- main
@@ -373,8 +365,8 @@ def _run(args, command: str) -> int:
         dataset=dataset_name, configuration=args.configuration, plans=args.plans, trainers=list(args.trainers),
         folds=folds, command=command, rows=rows,
         nan_counts={(c.trainer, c.split, c.fold): c.nan_counts for c in collected},
-        budgets={t: str(b) for t, b in budgets.items()}, warm_starts=warm_starts, wall_times=wall, test_seconds=test_seconds,
-        test_folds=test_folds,
+        budgets={t: str(b) for t, b in budgets.items()}, warm_starts=warm_starts, wall_times=wall,
+        test_seconds=test_seconds, test_folds=test_folds,
         test_fov=args.test_fov, test_images=args.test_images, missing=missing, problems=problems,
         generated=time.strftime("%Y-%m-%d %H:%M:%S"))
     write_csv(rows, out / "results.csv")

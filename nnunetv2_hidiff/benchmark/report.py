@@ -256,7 +256,8 @@ def _test_section(inp: ReportInput) -> List[str]:
     dice_metric = _dice_metric(TEST, inp.test_fov)
     lines = ["## Held-out test set", "",
              f"Images: `{inp.test_images}`; each trainer predicts with the ensemble of the folds in the "
-             f"Folds column (`nnUNetv2_predict -f ...`; `--test-folds`, by default its complete folds). Mean ± std over the test cases."]
+             f"Folds column (`nnUNetv2_predict -f ...`; `--test-folds`, by default its complete folds). "
+             f"Mean ± std over the test cases."]
     if inp.test_fov:
         lines.append(f"FOV masks: `{inp.test_fov}`: Dice_FOV, HD95, Sensitivity, Specificity and Accuracy are "
                      f"computed inside the FOV (Dice/IoU in results.csv stay whole-image, as nnU-Net computes them).")

@@ -173,7 +173,8 @@ def warm_start_source(folder: Path) -> Optional[str]:
 MEASURED, FROM_CHECKPOINT = "measured", "checkpoint"
 
 
-def _checkpoint_id(folder: Path) -> Optional[List[int]]:
+def checkpoint_id(folder: Path) -> Optional[List[int]]:
+    """(mtime_ns, size) of the fold's checkpoint_final.pth, None if absent: tells whether it was rewritten."""
     try:
         st = (folder / "checkpoint_final.pth").stat()
     except OSError:
@@ -196,11 +197,11 @@ class TimingStore:
             self.data = {}
 
     def record(self, trainer: str, fold: int, folder: Path, seconds: float) -> None:
-        self.data.setdefault(trainer, {})[str(fold)] = {"seconds": seconds, "checkpoint": _checkpoint_id(folder)}
+        self.data.setdefault(trainer, {})[str(fold)] = {"seconds": seconds, "checkpoint": checkpoint_id(folder)}
 
     def measured(self, trainer: str, fold: int, folder: Path) -> Optional[float]:
         rec = self.data.get(trainer, {}).get(str(fold))
-        if rec and rec.get("checkpoint") is not None and rec["checkpoint"] == _checkpoint_id(folder):
+        if rec and rec.get("checkpoint") is not None and rec["checkpoint"] == checkpoint_id(folder):
             return float(rec["seconds"])
         return None
 
