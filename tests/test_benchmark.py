@@ -180,6 +180,32 @@ def test_summary_md_is_consistent_with_the_csv(bench):
     assert "both empty" in md  # the empty-mask rules are summarised
 
 
+def test_small_object_table_matches_the_fold_summaries(bench):
+    """summary.md's small-object rows: mean ± std over folds of each fold summary's hidiff_small_objects."""
+    md = (bench["out"] / "summary.md").read_text()
+    table = _table(md, "Trainer", after="## Small objects")
+    validation = [row for row in table if row[1] == "validation"]
+    assert {(row[0], row[2]) for row in validation} == {(t, c) for t in TRAINERS for c in (*CLASSES, "foreground")}
+    for trainer, _, cls, n_folds, units, dice, hd95, ratio, diff, _ in validation:
+        reports = []
+        for fold in (0, 1):
+            summary_file = bench["results"] / DATASET / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}" / \
+                "validation" / "summary.json"
+            reports.append(json.loads(summary_file.read_text())["hidiff_small_objects"])
+        if cls == "foreground":
+            dice_folds = [r["foreground_mean"]["Dice"] for r in reports]
+            n_units = sum(r["per_class"][k]["n_units"] for r in reports for k in ("1", "2"))
+        else:
+            key = {"a": "1", "b": "2"}[cls]
+            dice_folds = [r["per_class"][key]["Dice"] for r in reports]
+            n_units = sum(r["per_class"][key]["n_units"] for r in reports)
+        assert n_folds == "2" and int(units) == n_units > 0
+        m, s = _mean_std(dice)
+        assert m == pytest.approx(nan_mean(dice_folds), abs=6e-5) and s == pytest.approx(nan_std(dice_folds), abs=6e-5)
+        assert (diff == "–") == (trainer == BASE)
+    assert "slices whose reference size" in md
+
+
 def test_png_logs_and_progress(bench):
     out, proc = bench["out"], bench["proc"]
     data = (out / "benchmark.png").read_bytes()

@@ -247,6 +247,44 @@ def test_fold_means_and_markdown_n_a_rules():
     assert "0.5000 ± n/a" in md1 and "| 1 | 0.1000 | n/a (fewer than 2 pairs) |" in md1
 
 
+def _small(dice_a, units_a, dice_b=NAN, units_b=0, undefined=0):
+    return {"x": {"Dice": dice_a, "HD95": 2.0, "n_units": units_a, "n_hd95_undefined": undefined},
+            "y": {"Dice": dice_b, "HD95": NAN, "n_units": units_b, "n_hd95_undefined": 0}}
+
+
+def test_small_objects_are_collected_with_label_names():
+    summary = dict(_summary(), hidiff_small_objects={
+        "definition": "slices whose reference size (valid pixels/voxels of the class) is > 0 and < 500",
+        "per_class": {"1": {"Dice": 0.4, "n_units": 3}, "2": {"Dice": NAN, "n_units": 0}}})
+    c = collect_summary(summary, "T", "0", "validation", {"labels": {"background": 0, "left": 1, "right": 2}})
+    assert c.small_objects["left"] == {"Dice": 0.4, "n_units": 3} and c.small_objects["right"]["n_units"] == 0
+    assert c.small_definition.startswith("slices whose")
+    assert collect_summary(_summary(), "T", "0", "validation", {}).small_objects == {}
+
+
+def test_small_object_section_aggregates_folds():
+    small = {("A", "validation", "0"): _small(0.2, 4, 0.6, 2, undefined=1), ("A", "validation", "1"): _small(0.4, 6),
+             ("B", "validation", "0"): _small(0.5, 4, 0.7, 2), ("B", "validation", "1"): _small(0.9, 6)}
+    inp = ReportInput(dataset="D", configuration="2d", plans="P", trainers=["A", "B"], folds=[0, 1], command="cmd",
+                      rows=_rows(), nan_counts={}, small_objects=small, small_definition="slices < 500")
+    md = render_markdown(inp)
+    assert "## Small objects (paper Tables VII/VIII)" in md and "Units: slices < 500." in md
+    # class x: folds 0.2, 0.4 (A) and 0.5, 0.9 (B); 10 units, 1 undefined HD95 for A
+    assert "| A | validation | x | 2 | 10 | 0.3000 ± 0.1414 | 2.000 ± 0.000 | 0.100 (1/10) | – | – |" in md
+    assert "| B | validation | x | 2 | 10 | 0.7000 ± 0.2828 | 2.000 ± 0.000 | 0.000 (0/10) | 0.4000 |" in md
+    # class y has small units in fold 0 only; foreground = mean over the classes with units, per fold
+    assert "| A | validation | y | 1 | 2 | 0.6000 ± n/a | n/a ± n/a |" in md
+    assert "| A | validation | foreground | 2 | 12 | 0.4000 ± 0.0000 |" in md  # fold 0: (0.2+0.6)/2, fold 1: 0.4
+    none = {k: _small(NAN, 0) for k in small}
+    md_none = render_markdown(ReportInput(dataset="D", configuration="2d", plans="P", trainers=["A", "B"],
+                                          folds=[0, 1], command="cmd", rows=_rows(), nan_counts={},
+                                          small_objects=none, small_definition="slices < 500"))
+    assert "No unit is a small object (slices < 500): nothing to report." in md_none
+    assert "## Small objects" not in render_markdown(ReportInput(
+        dataset="D", configuration="2d", plans="P", trainers=["A"], folds=[0], command="cmd", rows=_rows(),
+        nan_counts={}))
+
+
 # ---------------------------------------------------------------- CLI input errors (exit 2, nothing trained)
 @pytest.fixture
 def bench_env(nnunet_paths, tmp_path, monkeypatch):

@@ -365,6 +365,8 @@ def _run(args, command: str) -> int:
         dataset=dataset_name, configuration=args.configuration, plans=args.plans, trainers=list(args.trainers),
         folds=folds, command=command, rows=rows,
         nan_counts={(c.trainer, c.split, c.fold): c.nan_counts for c in collected},
+        small_objects={(c.trainer, c.split, c.fold): c.small_objects for c in collected if c.small_objects},
+        small_definition=next((c.small_definition for c in collected if c.small_definition), ""),
         budgets={t: str(b) for t, b in budgets.items()}, warm_starts=warm_starts, wall_times=wall,
         test_seconds=test_seconds, test_folds=test_folds,
         test_fov=args.test_fov, test_images=args.test_images, missing=missing, problems=problems,

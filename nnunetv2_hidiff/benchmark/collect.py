@@ -31,6 +31,7 @@ from nnunetv2_hidiff.atomic import atomic_write_text
 CSV_COLUMNS = ("trainer", "fold", "class", "case", "metric", "value", "split")
 VALIDATION, TEST = "validation", "test"
 ENSEMBLE = "ensemble"
+FOREGROUND = "foreground"  # the mean over classes, next to the class names in the report
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,15 @@ class Row:
 
 @dataclass
 class Collected:
-    """The rows of one summary.json plus its per-class empty-mask counts (``hidiff_nan_ratio``)."""
+    """The rows of one summary.json plus its per-class empty-mask counts (``hidiff_nan_ratio``) and small-object
+    report (``hidiff_small_objects``)."""
     trainer: str
     fold: str
     split: str
     rows: List[Row] = field(default_factory=list)
     nan_counts: Dict[str, dict] = field(default_factory=dict)  # class -> counts (n, n_both_empty, ...)
+    small_objects: Dict[str, dict] = field(default_factory=dict)  # class -> hidiff_small_objects["per_class"][key]
+    small_definition: str = ""
 
 
 def label_names(dataset_json: dict) -> Dict[str, str]:
@@ -95,6 +99,10 @@ def collect_summary(summary: dict, trainer: str, fold: str, split: str, dataset_
                     out.rows.append(Row(trainer, str(fold), cls, cid, metric, _number(value), split))
     for key, counts in (summary.get("hidiff_nan_ratio") or {}).items():
         out.nan_counts[names.get(str(key), str(key))] = counts
+    small = summary.get("hidiff_small_objects") or {}
+    for key, report in (small.get("per_class") or {}).items():
+        out.small_objects[names.get(str(key), str(key))] = report
+    out.small_definition = small.get("definition", "")
     return out
 
 

@@ -20,10 +20,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunetv2_hidiff.atomic import atomic_write_bytes, atomic_write_text
 
-from .collect import TEST, VALIDATION, Row
+from .collect import FOREGROUND, TEST, VALIDATION, Row
+from .small_objects import SmallObjects, small_counts, small_fold_values
 from .stats import PairedResult, nan_mean, nan_std, ttest_paired, wilcoxon_paired
 
-FOREGROUND = "foreground"
 HD95 = "HD95"
 
 HOW_TO_READ = """\
@@ -65,6 +65,8 @@ class ReportInput:
     test_images: Optional[str] = None
     missing: Dict[str, List[str]] = field(default_factory=dict)  # trainer -> ["2 (interrupted)", ...]
     problems: List[str] = field(default_factory=list)
+    small_objects: SmallObjects = field(default_factory=dict)  # (trainer, split, fold) -> class -> report
+    small_definition: str = ""
     generated: str = ""
 
     @property
@@ -281,6 +283,41 @@ def _test_section(inp: ReportInput) -> List[str]:
     return lines + [""]
 
 
+def _small_objects_section(inp: ReportInput) -> List[str]:
+    """Empty when no summary carried a small-object report (``small_threshold`` <= 0)."""
+    small, definition, trainers = inp.small_objects, inp.small_definition, inp.trainers
+    if not small:
+        return []
+    lines = ["## Small objects (paper Tables VII/VIII)", "",
+             f"Units: {definition or 'see the summaries'}. Per trainer and class: mean ± std over folds of the "
+             f"per-fold means over the small units; Units and the HD95 NaN ratio are summed over folds. "
+             f"Difference: trainer − {trainers[0]} over the folds, paired t-test.", ""]
+    splits = [VALIDATION] + ([TEST] if inp.test_images else [])
+    table = []
+    for split in splits:
+        for t in trainers:
+            for c in classes(inp.rows) + [FOREGROUND]:
+                units, undefined = small_counts(small, t, split, c)
+                if units == 0:
+                    continue
+                dice = small_fold_values(small, t, split, "Dice", c)
+                hd = small_fold_values(small, t, split, "HD95", c)
+                row = [t, split, c, str(len(dice)), str(units), fmt_mean_std(list(dice.values())),
+                       fmt_mean_std(list(hd.values()), 3), fmt_ratio(undefined, units)]
+                if t == trainers[0] or split == TEST:
+                    row += ["–", "–"]
+                else:
+                    tt = ttest_paired(small_fold_values(small, trainers[0], split, "Dice", c), dice)
+                    row += [fmt(tt.mean_diff), fmt_p(tt)]
+                table.append(row)
+    if not table:
+        return lines[:2] + [f"No unit is a small object ({definition or 'see the summaries'}): nothing to report.",
+                            ""]
+    lines += _table(["Trainer", "Split", "Class", "Folds", "Units", "Dice", "HD95", "HD95 NaN ratio",
+                     "Dice diff (folds)", "t-test p"], table)
+    return lines + [""]
+
+
 def describe_warm_start(sources: Dict[int, str]) -> str:
     """Budget-cell suffix for folds that started from a trained segmentor: one path with ``fold_{fold}`` when the
     folds' paths differ only by their fold folder, else one path per fold."""
@@ -310,7 +347,7 @@ def render_markdown(inp: ReportInput) -> str:
     lines += _validation_section(inp) + _differences_section(inp)
     if inp.test_images:
         lines += _test_section(inp)
-    lines += _wall_time_section(inp)
+    lines += _small_objects_section(inp) + _wall_time_section(inp)
     if inp.problems:
         lines += ["## Problems", ""] + [f"- {p}" for p in inp.problems] + [""]
     lines += ["## How to read this", "", HOW_TO_READ]
