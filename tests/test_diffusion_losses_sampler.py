@@ -95,7 +95,7 @@ def test_respacing():
 @pytest.mark.parametrize("steps", [1, 3, 10])
 @pytest.mark.parametrize("final", ["mean", "sample"])
 @pytest.mark.parametrize("shape", [(2, 1, 8, 7), (2, 4, 8, 7), (2, 3, 4, 5, 6)])
-@pytest.mark.parametrize("transition", ["threshold", "sample"])
+@pytest.mark.parametrize("transition", BernoulliDDIMSampler.TRANSITIONS)
 def test_ddim_with_perfect_noise_predictor_recovers_y0(steps, final, shape, transition):
     d = BernoulliDiffusion(T)
     g = torch.Generator().manual_seed(steps)
@@ -114,7 +114,7 @@ def test_ddim_with_perfect_noise_predictor_recovers_y0(steps, final, shape, tran
 
 def test_ddim_step_is_independent_of_prior_and_preserves_marginals():
     d = BernoulliDiffusion(T)
-    sampler = BernoulliDDIMSampler(d, num_inference_steps=4)  # 10 -> 7 -> 4 -> 1 -> 0
+    sampler = BernoulliDDIMSampler(d, num_inference_steps=4, transition="sample")  # 10 -> 7 -> 4 -> 1 -> 0
     n = 100000
     y0 = torch.tensor([0.0, 1.0]).repeat(n // 2).view(n, 1)
     p = torch.full_like(y0, 0.35)
@@ -164,15 +164,82 @@ def test_transition_threshold_is_the_mode_and_sample_draws_from_the_mean():
     assert expected > 0.01 and flips == pytest.approx(expected, abs=0.005)
 
 
-def test_last_step_is_the_same_for_both_transitions():
+def test_last_step_is_the_same_for_every_transition():
     d = BernoulliDiffusion(T)
     g = torch.Generator().manual_seed(1)
     y_t = (torch.rand(3, 2, 5, 5, generator=g) > 0.5).float()
     eps_hat = torch.rand(3, 2, 5, 5, generator=g)
     p = torch.rand(3, 2, 5, 5, generator=g)
-    a = BernoulliDDIMSampler(d, transition="threshold").step(eps_hat, 1, y_t, p)
-    b = BernoulliDDIMSampler(d, transition="sample").step(eps_hat, 1, y_t, p)
-    assert torch.equal(a.prev_sample, b.prev_sample) and torch.equal(a.prev_sample, calibrate(y_t, eps_hat))
+    for transition in BernoulliDDIMSampler.TRANSITIONS:
+        out = BernoulliDDIMSampler(d, transition=transition).step(eps_hat, 1, y_t, p)
+        assert torch.equal(out.prev_sample, calibrate(y_t, eps_hat)), transition
+
+
+def test_default_transition_renoises_onto_the_forward_marginal():
+    """"renoise": y_{t'} ~ B(ᾱ_{t'}·ŷ0 + (1 − ᾱ_{t'})·p) (Eq. 6 around ŷ0); "renoise_threshold" takes its mode."""
+    d = BernoulliDiffusion(T)
+    assert BernoulliDDIMSampler(d).transition == "renoise"
+    n = 200000
+    g = torch.Generator().manual_seed(5)
+    y_t = (torch.rand(n, 1, generator=g) > 0.5).float()
+    eps_hat = torch.rand(n, 1, generator=g) * 0.3
+    p = torch.rand(n, 1, generator=g)
+    ab = float(d.alpha_bars[4])
+    expected = ab * calibrate(y_t, eps_hat) + (1 - ab) * p
+    for transition in ("renoise", "renoise_fresh"):
+        sampler = BernoulliDDIMSampler(d, num_inference_steps=4, transition=transition)  # 10 -> 7 -> 4 -> 1
+        y_start = sampler.initial_sample(p, generator=g)
+        assert abs(y_start.mean().item() - p.mean().item()) < 0.005  # y_T ~ B(p)
+        out = sampler.step(eps_hat, 7, y_t, p, generator=g)
+        assert torch.allclose(out.prev_mean, expected, atol=1e-6)
+        assert set(out.prev_sample.unique().tolist()) <= {0.0, 1.0}
+        assert (out.prev_sample - expected).mean().abs().item() < 0.005  # drawn from B(mean)
+        assert ((out.prev_sample - expected) * (p - 0.5)).mean().abs().item() < 0.005
+    # "renoise" draws every state with the chain's one uniform field: 1[u < mean]
+    sampler = BernoulliDDIMSampler(d, num_inference_steps=4)
+    y_start = sampler.initial_sample(p, generator=g)
+    out = sampler.step(eps_hat, 7, y_t, p, generator=g)
+    u_lo = torch.where(y_start == 1, 0.0, p)  # y_T = 1[u < p] bounds u on each side of p
+    u_hi = torch.where(y_start == 1, p, 1.0)
+    assert not ((out.prev_sample == 1) & (expected <= u_lo)).any()
+    assert not ((out.prev_sample == 0) & (expected > u_hi)).any()
+    mode = BernoulliDDIMSampler(d, num_inference_steps=4, transition="renoise_threshold").step(eps_hat, 7, y_t, p)
+    assert torch.equal(mode.prev_sample, (expected > 0.5).float())
+
+
+def _chain(transition: str, steps: int, perturb_at=None, seed: int = 0):
+    """Run the sampler with a fake refiner (ε̂ a fixed function of y_t and t); at step ``perturb_at`` ε̂ is
+    replaced by 1 − ε̂. Returns the final ŷ0."""
+    d = BernoulliDiffusion(T)
+    g = torch.Generator().manual_seed(seed)
+    shape = (2, 3, 24, 20)
+    prior = torch.softmax(3 * torch.randn(shape, generator=g), dim=1)
+    sampler = BernoulliDDIMSampler(d, num_inference_steps=steps, transition=transition)
+    chain = torch.Generator().manual_seed(seed + 1)
+    y = sampler.initial_sample(prior, generator=chain)
+    for t in sampler.timesteps:
+        eps_hat = 0.05 + 0.1 * y * (t / T)  # a refiner that is a little unsure where the state is on
+        if t == perturb_at:
+            eps_hat = 1 - eps_hat
+        out = sampler.step(eps_hat, t, y, prior, generator=chain)
+        y = out.prev_sample
+    return out.pred_y0
+
+
+@pytest.mark.parametrize("steps", [10, 5, 2])
+def test_every_refiner_call_of_the_default_chain_can_change_the_result(steps):
+    sampler = BernoulliDDIMSampler(BernoulliDiffusion(T), num_inference_steps=steps)
+    reference = _chain(sampler.transition, steps)
+    for t in sampler.timesteps:
+        assert not torch.equal(_chain(sampler.transition, steps, perturb_at=t), reference), f"step t={t} is wasted"
+
+
+def test_the_old_thresholded_chain_wastes_the_steps_where_sigma_exceeds_one_half():
+    """The reason "threshold" is no longer the default: with σ_t > 0.5 (t = 10…4 at T = 10) the state 1[m > 0.5]
+    equals y_t whatever ε̂ is."""
+    reference = _chain("threshold", 10)
+    wasted = [t for t in range(10, 0, -1) if torch.equal(_chain("threshold", 10, perturb_at=t), reference)]
+    assert set(wasted) >= {10, 9, 8, 7, 6, 5, 4}
 
 
 def test_calibration_eq10():

@@ -191,10 +191,11 @@ def test_same_seed_same_output_and_seed_matters():
     assert not torch.equal(a, net(x))
 
 
-@pytest.mark.parametrize("transition", ["threshold", "sample"])
-def test_eval_chain_with_identity_refiner_returns_log_of_prior_sample_for_both_transitions(transition):
-    """Oracle for the sampling plumbing: if ε̂ ≡ 0 every DDIM step keeps y_t, so the output must be
-    log(clamp(y_T)) with y_T ~ B(p) drawn from torch.Generator().manual_seed(seed)."""
+@pytest.mark.parametrize("transition", ["renoise", "threshold", "sample"])
+def test_eval_chain_with_identity_refiner_returns_log_of_prior_sample(transition):
+    """Oracle for the sampling plumbing: if ε̂ ≡ 0 every step keeps y_t (for "renoise" because the shared
+    uniform field u that drew y_T = 1[u < p] stays on the same side of ᾱ·y_T + (1 − ᾱ)·p), so the output must be
+    log(clamp(y_T)) with y_T = 1[u < p], u drawn from torch.Generator().manual_seed(seed)."""
     net = _build(str(HIPPO_PLANS), ds=False)
     with torch.no_grad():
         net.refiner.head.weight.zero_()
@@ -206,7 +207,7 @@ def test_eval_chain_with_identity_refiner_returns_log_of_prior_sample_for_both_t
     out = net(x)
     with torch.no_grad():
         p = torch.softmax(net.segmentor(x), 1)
-    y_T = torch.bernoulli(p, generator=torch.Generator().manual_seed(7))
+    y_T = (torch.rand(p.shape, generator=torch.Generator().manual_seed(7)) < p).float()
     torch.testing.assert_close(out, torch.log(y_T.clamp_min(1e-6)))
     net.output_space = "logit"
     torch.testing.assert_close(net(x), torch.logit(y_T, eps=1e-6))
@@ -217,7 +218,7 @@ def test_transition_setting_changes_the_chain_and_is_read_from_the_environment()
 
     net = _build(str(HIPPO_PLANS), ds=False)
     net.eval()
-    assert net.transition == "threshold"  # the default (README, "Sampler")
+    assert net.transition == "renoise"  # the default (README, "Sampler")
     x = torch.randn(2, 1, 56, 40)
     a = net(x)
     apply_inference_settings(net, {"nnUNet_HiDiff_transition": "sample", "nnUNet_HiDiff_steps": "4"})
@@ -231,7 +232,8 @@ def test_transition_setting_changes_the_chain_and_is_read_from_the_environment()
 def test_state_dict_is_single_and_reloadable():
     net = _build(str(HIPPO_PLANS))
     sd = net.state_dict()
-    assert all(k.startswith(("segmentor.", "refiner.")) for k in sd)
+    assert all(k.startswith(("segmentor.", "refiner.")) for k in sd if k != "inference_decision")
+    assert torch.equal(sd["inference_decision"], torch.tensor([1, 0]))
     assert any(k.startswith("refiner.xformer.") for k in sd)
     other = _build(str(HIPPO_PLANS), ds=False)
     other.load_state_dict(sd)  # strict: deep supervision on/off share keys
@@ -241,6 +243,36 @@ def test_state_dict_is_single_and_reloadable():
     net.segmentor.decoder.deep_supervision = False
     torch.testing.assert_close(net(x), other(x))
     assert not hasattr(copy.deepcopy(net).diffusion, "state_dict")
+
+
+def test_decision_travels_in_the_state_dict_and_forced_settings_win():
+    """The per-fold decision is a buffer: a strict load carries it, state dicts from before it existed still
+    load (refine with the default steps), and settings forced by the user override it."""
+    from nnunetv2_hidiff.training.inference_settings import apply_inference_settings
+
+    net = _build(str(HIPPO_PLANS), ds=False)
+    net.eval()
+    x = torch.randn(1, 1, 56, 40)
+    old = {k: v for k, v in net.state_dict().items() if k != "inference_decision"}
+    other = _build(str(HIPPO_PLANS), ds=False)
+    other.set_decision(False)
+    other.load_state_dict(old)  # strict, without the buffer
+    assert other.resolved_settings() == (True, 10)
+    net.set_decision(False)
+    other.load_state_dict(net.state_dict())
+    other.eval()
+    assert other.resolved_settings() == (False, 10)
+    torch.testing.assert_close(other(x), net.segmentor(x))  # the segmentor alone, as decided
+    apply_inference_settings(other, {"nnUNet_HiDiff_refine": "1"})
+    assert other.resolved_settings() == (True, 10)
+    net.set_decision(True, 3)
+    other.refine = None
+    other.load_state_dict(net.state_dict())
+    assert other.resolved_settings() == (True, 3)
+    apply_inference_settings(other, {"nnUNet_HiDiff_steps": "5"})
+    assert other.resolved_settings() == (True, 5)
+    with pytest.raises(ValueError, match="steps"):
+        net.set_decision(True, 11)
 
 
 def test_factory_signature_matches_nnunet_trainer():

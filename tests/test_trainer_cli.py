@@ -36,6 +36,61 @@ def test_smoke_training_writes_checkpoint_validation_and_progress(trained):
     assert "refiner L_diff" in log and "HiDiff:" in log
 
 
+def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
+    """Segmentor alone and refined are validated into their own folders; validation/ holds the decided one; the
+    decision is in the fold record and in checkpoint_final.pth (so nnUNetv2_predict follows it)."""
+    import torch
+
+    from nnunetv2_hidiff.training.fold_record import read_fold_record
+
+    root, _, _ = trained
+    fold = root / "results" / "Dataset990_Tiny" / TRAINER_DIR / "fold_0"
+    summaries = {name: json.loads((fold / name / "summary.json").read_text())
+                 for name in ("validation", "validation_refined", "validation_segmentor")}
+    assert all("HD95" in s["foreground_mean"] for s in summaries.values())
+    record = read_fold_record(fold)
+    assert record["trainer"] == "nnUNetTrainerHiDiff_smoke" and record["kind"] == "hidiff"
+    assert record["budget"] == {"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1,
+                                "warmup_epochs": 0, "batch_size": 2}
+    assert record["warm_start"] is None and record["seconds_per_iteration"] > 0
+    for output, folder in (("segmentor", "validation_segmentor"), ("refined", "validation_refined")):
+        entry = record["validation"][output]
+        assert entry["folder"] == folder and entry["cases"] == len(summaries[folder]["metric_per_case"])
+        assert entry["dice"] == summaries[folder]["foreground_mean"]["Dice"] and entry["seconds_per_case"] > 0
+    decision = record["decision"]
+    chosen = "validation_refined" if decision["refine"] else "validation_segmentor"
+    assert summaries["validation"]["foreground_mean"] == summaries[chosen]["foreground_mean"]
+    weights = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    assert weights["inference_decision"].tolist() == [int(decision["refine"]), 0]
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_prediction_follows_the_stored_decision_unless_forced(trained, tmp_path, refine):
+    """A fold whose checkpoint says "segmentor alone" (or "refine") predicts exactly what the forced setting
+    predicts; forcing the other setting changes the masks' source."""
+    import shutil
+
+    from nnunetv2_hidiff.training.validation import write_decision_into_checkpoint
+
+    root, env, _ = trained
+    model = tmp_path / "model"
+    shutil.copytree(root / "results" / "Dataset990_Tiny" / TRAINER_DIR, model)
+    import torch
+    write_decision_into_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"), torch.tensor([int(refine), 0]))
+    images = root / "raw" / "Dataset990_Tiny" / "imagesTs"
+    common = ["-i", images, "-m", model, "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1",
+              "--save_probabilities"]
+    run_cli("nnUNetv2_predict_from_modelfolder", [*common, "-o", tmp_path / "decided"], env)
+    run_cli("nnUNetv2_predict_from_modelfolder", [*common, "-o", tmp_path / "forced"],
+            dict(env, nnUNet_HiDiff_refine=str(int(refine))))
+    run_cli("nnUNetv2_predict_from_modelfolder", [*common, "-o", tmp_path / "other"],
+            dict(env, nnUNet_HiDiff_refine=str(int(not refine))))
+    for npz in sorted((tmp_path / "decided").glob("*.npz")):
+        decided = np.load(npz)["probabilities"]
+        np.testing.assert_array_equal(decided, np.load(tmp_path / "forced" / npz.name)["probabilities"])
+        assert not np.array_equal(decided, np.load(tmp_path / "other" / npz.name)["probabilities"])
+
+
 def _check_predictions(out_dir, raw_images):
     for img in sorted(raw_images.glob("*_0000.nii.gz")):
         pred = out_dir / img.name.replace("_0000.nii.gz", ".nii.gz")

@@ -165,10 +165,10 @@ def test_pretrained_segmentor_loads_everything_and_skips_warmup(nnunet_paths, tm
     seg = tr.hidiff.segmentor.state_dict()
     assert all(torch.equal(seg[k], v) for k, v in plain.items())
     assert tr.num_warmup_epochs == 0
-    # the fold's training log names the checkpoint, which is how the benchmark reports a warm start
-    from nnunetv2_hidiff.benchmark.runner import warm_start_source
+    # the fold record names the checkpoint, which is how the benchmark reports a warm start
+    from nnunetv2_hidiff.training.fold_record import read_fold_record
 
-    assert warm_start_source(Path(tr.output_folder)) == str(tmp_path / "plain_fold0.pth")
+    assert read_fold_record(tr.output_folder)["warm_start"] == str(tmp_path / "plain_fold0.pth")
     monkeypatch.setenv("nnUNet_HiDiff_pretrained_segmentor", str(tmp_path / "missing.pth"))
     with pytest.raises(RuntimeError, match="missing.pth: cannot read the segmentor checkpoint"):
         make_trainer("nnUNetTrainerHiDiff_5epochs").initialize()
@@ -230,3 +230,87 @@ def test_benchmark_variants_budget_and_mirroring(nnunet_paths, name, budget):
     if "HiDiff" in name:
         assert tr.inference_steps == 5
         assert tr.num_warmup_epochs == (0 if "Warm" in name else 1)
+
+
+def _count_calls(module):
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_joint_step_updates_both_networks_with_one_refiner_pass(nnunet_paths):
+    tr = make_trainer("nnUNetTrainerHiDiff_joint_smoke")
+    tr.initialize()
+    tr.network = tr.hidiff
+    tr.hidiff.train()
+    calls = _count_calls(tr.hidiff.refiner)
+    seg0, ref0 = snapshot(tr.hidiff.segmentor), snapshot(tr.hidiff.refiner)
+    ema0 = {k: v.clone() for k, v in tr.refiner_ema.shadow.items()}
+    out = tr.train_step(make_batch(tr, seed=4))
+    assert len(calls) == 1 and out["skipped"] == 0
+    assert all(torch.isfinite(torch.tensor(out[k])) for k in ("loss", "refiner_loss", "refiner_kl", "refiner_focal"))
+    ref_params = {n for n, _ in tr.hidiff.refiner.named_parameters()}
+    assert changed(seg0, tr.hidiff.segmentor) and ref_params & changed(ref0, tr.hidiff.refiner)
+    assert any(not torch.equal(ema0[k], tr.refiner_ema.shadow[k]) for k in ref_params)
+    calls.clear()
+    tr.joint_step = False  # Algorithm 1: the refiner runs twice (refiner step, then frozen in the segmentor step)
+    tr.train_step(make_batch(tr, seed=5))
+    assert len(calls) == 2
+
+
+def test_segmentor_trains_with_nnunets_sgd_by_default_and_adamw_as_a_variant(nnunet_paths):
+    tr = make_trainer("nnUNetTrainerHiDiff_smoke")
+    tr.initialize()
+    sgd = tr.optimizer
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.99
+    assert sgd.defaults["lr"] == 1e-2 and sgd.defaults["weight_decay"] == 3e-5
+    assert {id(p) for p in sgd.param_groups[0]["params"]} == {id(p) for p in tr.hidiff.segmentor.parameters()}
+    assert isinstance(tr.refiner_optimizer, torch.optim.AdamW) and tr.refiner_optimizer.defaults["lr"] == 1e-4
+    from nnunetv2_hidiff.training.variants import nnUNetTrainerHiDiff_adamw
+
+    assert nnUNetTrainerHiDiff_adamw.segmentor_optimizer == "adamw"
+    tr = make_trainer("nnUNetTrainerHiDiff_adamw")
+    tr.initialize()
+    assert isinstance(tr.optimizer, torch.optim.AdamW) and tr.optimizer.defaults["lr"] == 1e-4
+
+
+def test_perturbed_prior_is_less_confident_and_differentiable():
+    from nnunetv2_hidiff.training.common import perturbed_prior
+
+    logits = (torch.randn(4, 3, 8, 6) * 4).requires_grad_(True)
+    plain = perturbed_prior(logits)
+    torch.testing.assert_close(plain, torch.softmax(logits, 1))
+    g = torch.Generator().manual_seed(0)
+    soft = perturbed_prior(logits, temperature_max=3.0, generator=g)
+    assert soft.max(1).values.mean() < plain.max(1).values.mean()  # flatter: higher temperature
+    noisy = perturbed_prior(logits, logit_noise=1.0, generator=g)
+    assert not torch.allclose(noisy, plain) and torch.allclose(noisy.sum(1), torch.ones(4, 8, 6))
+    (soft.sum() + (noisy * torch.randn_like(noisy)).sum()).backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_pseudo_dice_is_the_segmentors_in_every_epoch(trainer):
+    """checkpoint_best is chosen on one output throughout: the segmentor's (no refiner call in validation_step)."""
+    from nnunetv2_hidiff.training.common import pseudo_dice_counts
+
+    calls = _count_calls(trainer.hidiff.refiner)
+    trainer.hidiff.eval()
+    batch = make_batch(trainer, seed=6)
+    out = trainer.validation_step(batch)
+    assert calls == []
+    with torch.no_grad():
+        logits = trainer.hidiff.top_logits(trainer.hidiff.segment(batch["data"]).logits)
+    expected = pseudo_dice_counts(logits, batch["target"][0])
+    for key in ("tp_hard", "fp_hard", "fn_hard"):
+        assert (out[key] == expected[key]).all()
+
+
+@pytest.mark.parametrize("name, budget, warmup", [("nnUNetTrainerHiDiff_cpuWarm500", (20, 25, 5), 0),
+                                                  ("nnUNetTrainerHiDiff_real_cpuWarm500", (20, 25, 5), 0),
+                                                  ("nnUNetTrainerHiDiff_cpu1750", (70, 25, 5), 11)])
+def test_issue12_protocol_variants(nnunet_paths, name, budget, warmup):
+    tr = make_trainer(name)
+    assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == budget
+    assert tr.num_warmup_epochs == warmup and tr.inference_steps is None
+    tr.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert tr.inference_allowed_mirroring_axes is None

@@ -20,13 +20,16 @@ from nnunetv2_hidiff.training.inference_settings import (ENV_REFINE, ENV_SAMPLES
 def parse(argv):
     parser = argparse.ArgumentParser(prog="nnunetv2_hidiff_predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, help="DDIM steps (1..T, default T = 10)")
+    parser.add_argument("--steps", type=int, help="DDIM steps (1..T), forced over each fold's decision")
     parser.add_argument("--samples", type=int, help="refinement samples averaged per patch (default 1)")
     parser.add_argument("--seed", type=int, help="sampler seed (default 0)")
-    parser.add_argument("--no-refine", action="store_true", help="return the segmentor's prediction unrefined")
+    refine = parser.add_mutually_exclusive_group()
+    refine.add_argument("--no-refine", action="store_true", help="force the segmentor's prediction, unrefined")
+    refine.add_argument("--refine", action="store_true",
+                        help="force refinement on (default: each fold's decision, made on its validation cases)")
     parser.add_argument("--transition", choices=TRANSITIONS,
-                        help="intermediate DDIM states: 'threshold' (default, deterministic after y_T) or "
-                             "'sample' (Algorithm 2 verbatim)")
+                        help="intermediate DDIM states: 'renoise' (default), 'renoise_threshold', 'sample' "
+                             "(Algorithm 2 verbatim) or 'threshold'")
     args, rest = parser.parse_known_args(argv)
     if rest and rest[0] == "--":
         rest = rest[1:]
@@ -42,8 +45,8 @@ def main(argv=None) -> None:
                        (ENV_TRANSITION, args.transition)):
         if value is not None:
             os.environ[env] = str(value)
-    if args.no_refine:
-        os.environ[ENV_REFINE] = "0"
+    if args.no_refine or args.refine:
+        os.environ[ENV_REFINE] = "1" if args.refine else "0"
     from nnunetv2.inference.predict_from_raw_data import predict_entry_point
 
     sys.argv = ["nnUNetv2_predict"] + rest

@@ -47,29 +47,38 @@ class BernoulliDDIMSampler:
     With this σ the coefficient of p is exactly 0 and the other two sum to 1, so the mean is a
     convex combination of y_t and ŷ0. At the last step t' = 0, ᾱ_0 = 1, σ = 0 and the mean is ŷ0.
 
-    How the intermediate state y_{t'} (t' > 0) is formed from that Bernoulli mean m:
-        transition="sample": y_{t'} ~ B(m), exactly Algorithm 2.
-        transition="threshold": y_{t'} = 1[m > 0.5], the most likely state of B(m) (a deterministic,
-            "greedy" chain; default). Why: the refiner is trained on states from the forward process, in
-            which y_t can differ from y0 only where the prior p differs from y0. A pixel with y_t = 1
-            and p ≈ 0 therefore means "foreground" to the refiner. Sampling B(m) with a slightly
-            uncertain ε̂ (say 0.05 on confident background) flips a few percent of all pixels at every
-            step; the refiner then confirms them, and the errors accumulate over the chain. Measured
-            on Hippocampus fold 0 (README, "Sampler"): 10-step Dice 0.17 with "sample", 0.82 with
-            "threshold", 0.80 for the one-step estimate (segmentor 0.84).
-    The start y_T ~ B(p) is a sample either way, so different seeds still give different chains.
+    How the intermediate state y_{t'} (t' > 0) is formed:
+        transition="renoise" (default): y_{t'} ~ q(y_{t'} | ŷ0, p) = B(ᾱ_{t'}·ŷ0 + (1 − ᾱ_{t'})·p), the forward
+            marginal (Eq. 6) around the current estimate ŷ0, drawn as 1[u < ᾱ_{t'}·ŷ0 + (1 − ᾱ_{t'})·p] with
+            one uniform field u per chain (the one that drew y_T = 1[u < p] in :meth:`initial_sample`). Every
+            intermediate state is distributed like the states the refiner was trained on, and, because u is
+            shared, a change of ε̂ at any step moves the thresholds of all later states in the same direction
+            and so reaches the final ŷ0 (with fresh draws per step, the ᾱ_{t'}-sized influence of the early,
+            noisy steps mostly drowns in new noise). The deterministic-noise analogue of DDIM's η = 0.
+        transition="renoise_fresh": the same marginal with a fresh draw at every step.
+        transition="renoise_threshold": y_{t'} = 1[ᾱ_{t'}·ŷ0 + (1 − ᾱ_{t'})·p > 0.5], its most likely state.
+        transition="sample": y_{t'} ~ B(m), m the DDIM mean above: Algorithm 2 verbatim. On real data this
+            chain collapses: the refiner is trained on forward-process states, in which y_t can differ from
+            y0 only where the prior p differs from y0, so a pixel with y_t = 1 and p ≈ 0 means "foreground"
+            to it; a residual ε̂ of a few percent on confident background flips that share of all pixels at
+            every step, and the refiner confirms the flips (README, "Sampler").
+        transition="threshold": y_{t'} = 1[m > 0.5] (the default until v0.1). Whenever σ > 0.5 this state
+            equals y_t whatever ε̂ is (with T = 10: at t = 10…4), so most refiner calls cannot change the
+            result; kept for comparison.
+    The start y_T ~ B(p) is a sample in every mode, so different seeds give different chains.
 
     Args:
         diffusion: the BernoulliDiffusion whose schedule the refiner was trained with.
         num_inference_steps: how many of the T steps to visit (1..T); default T.
         final: "mean" returns ŷ0 (soft probabilities) at the last step; "sample" returns B(ŷ0).
-        transition: "threshold" (default) or "sample", see above.
+        transition: one of TRANSITIONS, see above.
     """
 
-    TRANSITIONS = ("threshold", "sample")
+    TRANSITIONS = ("renoise", "renoise_fresh", "renoise_threshold", "sample", "threshold")
+    DEFAULT_TRANSITION = "renoise"
 
     def __init__(self, diffusion: BernoulliDiffusion, num_inference_steps: Optional[int] = None,
-                 final: str = "mean", transition: str = "threshold"):
+                 final: str = "mean", transition: str = DEFAULT_TRANSITION):
         if final not in ("mean", "sample"):
             raise ValueError(f"final must be 'mean' or 'sample', got {final!r}")
         if transition not in self.TRANSITIONS:
@@ -78,6 +87,7 @@ class BernoulliDDIMSampler:
         self.final = final
         self.transition = transition
         self.set_timesteps(num_inference_steps or diffusion.num_steps)
+        self._noise: Optional[torch.Tensor] = None  # the chain's uniform field (transition "renoise")
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         """Choose the respaced sequence, e.g. 10 → [10, 9, ..., 1]."""
@@ -88,10 +98,16 @@ class BernoulliDDIMSampler:
     def previous_timestep(self, t: int) -> int:
         return self._previous[int(t)]
 
-    @staticmethod
-    def initial_sample(prior: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """y_T ~ B(p), the start of the reverse chain (Algorithm 2)."""
-        return torch.bernoulli(prior.clamp(0, 1), generator=generator)
+    def initial_sample(self, prior: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """y_T ~ B(p), the start of the reverse chain (Algorithm 2), drawn as 1[u < p]; u (uniform, p's shape)
+        is kept as this chain's noise field for transition "renoise"."""
+        self._noise = torch.rand(prior.shape, generator=generator, device=prior.device, dtype=torch.float32)
+        return (self._noise < prior.clamp(0, 1)).to(prior.dtype)
+
+    def _chain_noise(self, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        if self._noise is None or self._noise.shape != like.shape or self._noise.device != like.device:
+            self._noise = torch.rand(like.shape, generator=generator, device=like.device, dtype=torch.float32)
+        return self._noise
 
     def step(self, eps_hat: torch.Tensor, t: int, y_t: torch.Tensor, prior: torch.Tensor,
              generator: Optional[torch.Generator] = None) -> SamplerStepOutput:
@@ -106,14 +122,19 @@ class BernoulliDDIMSampler:
         t_prev = self._previous[t]
         ab = self.diffusion.alpha_bars
         ab_t, ab_prev = float(ab[t]), float(ab[t_prev])
-        sigma = (1 - ab_prev) / (1 - ab_t)  # σ_t of Algorithm 2
         y0_hat = calibrate(y_t, eps_hat)  # Eq. 10
-        coef_prior = (1 - ab_prev) - sigma * (1 - ab_t)  # 0 up to rounding; kept to mirror Algorithm 2
-        mean = sigma * y_t + (ab_prev - sigma * ab_t) * y0_hat + coef_prior * prior
+        if self.transition.startswith("renoise"):
+            mean = ab_prev * y0_hat + (1 - ab_prev) * prior  # Eq. 6 around ŷ0; = ŷ0 at t' = 0
+        else:
+            sigma = (1 - ab_prev) / (1 - ab_t)  # σ_t of Algorithm 2
+            coef_prior = (1 - ab_prev) - sigma * (1 - ab_t)  # 0 up to rounding; kept to mirror Algorithm 2
+            mean = sigma * y_t + (ab_prev - sigma * ab_t) * y0_hat + coef_prior * prior
         mean = mean.clamp(0, 1)
         if t_prev == 0:
             prev = mean if self.final == "mean" else torch.bernoulli(mean, generator=generator)
-        elif self.transition == "sample":
+        elif self.transition == "renoise":
+            prev = (self._chain_noise(mean, generator) < mean).to(mean.dtype)
+        elif self.transition in ("sample", "renoise_fresh"):
             prev = torch.bernoulli(mean, generator=generator)
         else:
             prev = (mean > 0.5).to(mean.dtype)

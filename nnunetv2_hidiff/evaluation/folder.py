@@ -269,8 +269,9 @@ def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json_file: str, p
     return result
 
 
-def evaluate_fold(fold_folder: str, **kwargs) -> dict:
-    """Extend a trained fold's ``validation/summary.json`` in place (nnU-Net's results layout).
+def evaluate_fold(fold_folder: str, folder: str = "validation", **kwargs) -> dict:
+    """Extend a trained fold's ``<folder>/summary.json`` in place (nnU-Net's results layout; ``folder`` is
+    ``validation`` or, for HiDiff folds, ``validation_refined`` / ``validation_segmentor``).
 
     Uses ``<trainer_dir>/dataset.json``, ``<trainer_dir>/plans.json`` and
     ``$nnUNet_preprocessed/<dataset>/gt_segmentations`` as reference, exactly what nnU-Net's validation uses;
@@ -280,7 +281,7 @@ def evaluate_fold(fold_folder: str, **kwargs) -> dict:
 
     trainer_dir = os.path.dirname(os.path.abspath(fold_folder))
     plans_file, dataset_json_file = join(trainer_dir, "plans.json"), join(trainer_dir, "dataset.json")
-    validation = join(fold_folder, "validation")
+    validation = join(fold_folder, folder)
     if not isdir(validation):
         raise EvaluationError(f"{validation}: fold has no validation folder (run the validation first)")
     if not isfile(plans_file):

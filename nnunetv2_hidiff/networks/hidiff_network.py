@@ -37,16 +37,22 @@ class HiDiffNetwork(nn.Module):
     region-based (sigmoid) label manager needs.
 
     Inference settings (plain attributes, change them any time):
-        num_inference_steps (default diffusion.num_steps), num_samples (1), seed (0; a fresh
-        torch.Generator seeded with it per forward call makes the output deterministic),
-        refine (True; False returns the segmentor's logits), output_space ("log" | "logit"),
-        transition ("threshold" | "sample": how intermediate DDIM states are formed, see
-        BernoulliDDIMSampler).
+        num_inference_steps (default diffusion.num_steps), num_samples (1; all samples run as one batch),
+        seed (0; a fresh torch.Generator on the input's device seeded with it per forward call makes the
+        output deterministic), output_space ("log" | "logit"), transition (see BernoulliDDIMSampler;
+        default "renoise"), refine (None: follow the stored decision; True/False force refinement on/off),
+        steps_forced (False: steps stored in the decision win over num_inference_steps).
+
+    The decision (issue "never worse by default"): the persistent buffer ``inference_decision`` =
+    [refine (0/1), steps (0 = num_inference_steps)] is part of the state dict, so the checkpoint carries it
+    and nnU-Net's predictor, which loads every fold's weights into the network before predicting with that
+    fold, applies each fold's own decision. The trainer sets it after validation (see :meth:`set_decision`).
+    State dicts written before the buffer existed load with the default [1, 0] (refine).
     """
 
     def __init__(self, segmentor: nn.Module, refiner: HiDiffRefiner, diffusion, num_classes: int,
                  num_inference_steps: Optional[int] = None, num_samples: int = 1, seed: int = 0,
-                 refine: bool = True, transition: str = "threshold"):
+                 refine: Optional[bool] = None, transition: Optional[str] = None):
         super().__init__()
         if not (hasattr(segmentor, "encoder") and hasattr(segmentor, "decoder")):
             raise TypeError(f"the segmentor ({type(segmentor).__name__}) must expose .encoder and .decoder")
@@ -60,9 +66,35 @@ class HiDiffNetwork(nn.Module):
         self.num_inference_steps = int(num_inference_steps or diffusion.num_steps)
         self.num_samples = int(num_samples)
         self.seed = int(seed)
-        self.refine = bool(refine)
-        self.transition = str(transition)
+        self.refine = None if refine is None else bool(refine)
+        self.steps_forced = False
+        self.transition = str(transition or self._sampler_class().DEFAULT_TRANSITION)
         self.output_space = "log"
+        self.register_buffer("inference_decision", torch.tensor([1, 0], dtype=torch.long))
+
+    @staticmethod
+    def _sampler_class():
+        from nnunetv2_hidiff.diffusion import BernoulliDDIMSampler  # diffusion/ is below networks/
+        return BernoulliDDIMSampler
+
+    # ------------------------------------------------------------------ the stored decision
+    def set_decision(self, refine: bool, steps: int = 0) -> None:
+        """Store whether (and with how many steps; 0 = num_inference_steps) prediction refines by default."""
+        if not 0 <= int(steps) <= self.diffusion.num_steps:
+            raise ValueError(f"steps must lie in 0..{self.diffusion.num_steps}, got {steps}")
+        self.inference_decision.copy_(torch.tensor([int(bool(refine)), int(steps)]))
+
+    def resolved_settings(self):
+        """(refine, steps) this network predicts with: forced settings first, then the stored decision."""
+        decided_refine, decided_steps = (int(v) for v in self.inference_decision.tolist())
+        refine = bool(decided_refine) if self.refine is None else self.refine
+        steps = self.num_inference_steps if (self.steps_forced or decided_steps == 0) else decided_steps
+        return refine, int(steps)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the decision buffer existed: refine with the default steps
+        state_dict.setdefault(prefix + "inference_decision", torch.tensor([1, 0], dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ pieces for the trainer
     def segment(self, x: torch.Tensor) -> SegmentorOutput:
@@ -95,27 +127,15 @@ class HiDiffNetwork(nn.Module):
         return self.predict(x)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Eval-mode forward: refined per-class logits (B, K, *sp) (see class docstring)."""
-        from nnunetv2_hidiff.diffusion import BernoulliDDIMSampler
-
-        seg = self.segment(x)
+    def predict(self, x: torch.Tensor, seg: Optional[SegmentorOutput] = None) -> torch.Tensor:
+        """Eval-mode forward: refined per-class logits (B, K, *sp) (see class docstring). ``seg``: this
+        input's segmentor output when the caller already has it (validation), else computed here."""
+        seg = self.segment(x) if seg is None else seg
         logits = self.top_logits(seg.logits)
-        if not self.refine:
+        refine, steps = self.resolved_settings()
+        if not refine:
             return logits
-        prior = self.prior_from_logits(logits)
-        sampler = BernoulliDDIMSampler(self.diffusion, num_inference_steps=self.num_inference_steps, final="mean",
-                                       transition=self.transition)
-        generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        y0_sum = torch.zeros_like(prior)
-        for _ in range(self.num_samples):
-            y = sampler.initial_sample(prior, generator=generator)
-            for t in sampler.timesteps:
-                eps_hat = torch.sigmoid(self.refiner(x, y, prior, t, seg.features).float())
-                out = sampler.step(eps_hat, t, y, prior, generator=generator)
-                y = out.prev_sample
-            y0_sum += out.pred_y0
-        y0 = y0_sum / self.num_samples
+        y0 = self.refine_prior(x, self.prior_from_logits(logits), seg.features, steps)
         if self.output_space == "logit":
             y0 = y0.clamp(1e-6, 1 - 1e-6)
             refined = torch.log(y0) - torch.log1p(-y0)
@@ -124,3 +144,28 @@ class HiDiffNetwork(nn.Module):
         else:
             raise ValueError(f"output_space must be 'log' or 'logit', got {self.output_space!r}")
         return refined.to(logits.dtype)
+
+    @torch.no_grad()
+    def refine_prior(self, x: torch.Tensor, prior: torch.Tensor, features: Sequence[torch.Tensor],
+                     steps: Optional[int] = None) -> torch.Tensor:
+        """The reverse chain: y_T ~ B(p), ``steps`` DDIM steps, ŷ0 averaged over ``num_samples``.
+
+        All samples run as one batch (B·S), and the segmentor skips are projected once for the whole chain.
+        Returns ŷ0 (B, K, *sp), soft, float32.
+        """
+        sampler = self._sampler_class()(self.diffusion, num_inference_steps=steps or self.num_inference_steps,
+                                        final="mean", transition=self.transition)
+        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        n = self.num_samples
+
+        def repeat(v: torch.Tensor) -> torch.Tensor:
+            return v if n == 1 else v.repeat(n, *([1] * (v.dim() - 1)))
+
+        x, prior = repeat(x), repeat(prior)
+        projected = self.refiner.project_features([repeat(f) for f in features])
+        y = sampler.initial_sample(prior, generator=generator)
+        for t in sampler.timesteps:
+            eps_hat = torch.sigmoid(self.refiner(x, y, prior, t, projected=projected).float())
+            out = sampler.step(eps_hat, t, y, prior, generator=generator)
+            y = out.prev_sample
+        return out.pred_y0.view(n, -1, *out.pred_y0.shape[1:]).mean(0)

@@ -7,7 +7,7 @@ encoder skip has a refiner stage of exactly its resolution.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -110,18 +110,28 @@ class HiDiffRefiner(nn.Module):
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.constant_(self.head.bias, math.log(eps_init_prob / (1 - eps_init_prob)))
 
+    def project_features(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The segmentor skips projected to the refiner's widths (one per stage). They depend neither on y_t
+        nor on t, so a reverse chain computes them once and passes them to every step (``projected=``)."""
+        if len(features) != len(self.widths):
+            raise ValueError(f"expected {len(self.widths)} segmentor feature maps, got {len(features)}")
+        return [fusion.project(f) for fusion, f in zip(self.fusions, features)]
+
     def forward(self, x: torch.Tensor, y_t: torch.Tensor, prior: torch.Tensor, t: Union[torch.Tensor, int],
-                features: Sequence[torch.Tensor]) -> torch.Tensor:
+                features: Optional[Sequence[torch.Tensor]] = None,
+                projected: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """Predict the logits of the Bernoulli noise ε̂ (ε̂ = sigmoid of the output).
 
         x: image (B, C_in, *sp); y_t: diffusion state {0,1} (B, K, *sp); prior: p (B, K, *sp);
         t: int64 (B,) in 1..T (a python int or 0-dim tensor is broadcast to the batch);
         features: the segmentor's encoder skips, one per stage, features[s] of shape
         (B, seg_channels[s], *sp_s) (detach them or not: the caller decides).
+        projected: :meth:`project_features` of those skips, computed once per chain (then ``features`` may
+        be None); identical results either way.
         Returns ε̂ logits (B, K, *sp).
         """
-        if len(features) != len(self.widths):
-            raise ValueError(f"expected {len(self.widths)} segmentor feature maps, got {len(features)}")
+        if projected is None:
+            projected = self.project_features(features)
         b = x.shape[0]
         if not torch.is_tensor(t) or t.dim() == 0:
             t = torch.full((b,), int(t), dtype=torch.long, device=x.device)
@@ -133,7 +143,7 @@ class HiDiffRefiner(nn.Module):
         for s in range(len(self.widths)):
             for block in self.encoder[s]:
                 h = block(h, emb)
-            f = self.fusions[s].project(features[s])
+            f = projected[s]
             if s == last and self.xformer is not None:
                 h, f = self.xformer(h, f, emb)  # (f'_d, f'_p)
             h = self.fusions[s].merge(h, f, emb)

@@ -1,4 +1,4 @@
-"""Random-number-generator states for checkpoints."""
+"""HiDiff's checkpoint payload (next to nnU-Net's keys) and random-number-generator states."""
 from __future__ import annotations
 
 import random
@@ -18,3 +18,53 @@ def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
     if states.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def hidiff_payload(trainer) -> dict:
+    """The ``hidiff`` entry of a HiDiff checkpoint: everything ``--c`` needs beyond nnU-Net's own keys."""
+    scaler = trainer.refiner_grad_scaler
+    return {
+        "config": trainer.hidiff_config(),
+        "refiner_weights": {k: v.detach().clone() for k, v in trainer.hidiff.refiner.state_dict().items()},
+        "refiner_optimizer_state": trainer.refiner_optimizer.state_dict(),
+        "refiner_grad_scaler_state": scaler.state_dict() if scaler is not None else None,
+        "refiner_ema": trainer.refiner_ema.state_dict(),
+        "num_warmup_epochs": trainer.num_warmup_epochs,
+        "nonfinite_in_a_row": trainer.nonfinite_in_a_row,
+        "diffusion_rng_state": trainer.diffusion_rng.get_state(),
+        "rng_states": get_rng_states(),
+    }
+
+
+def restore_hidiff_payload(trainer, h: dict) -> None:
+    """Inverse of :func:`hidiff_payload` (the trainer's networks and optimizers exist already)."""
+    import warnings
+
+    trainer.hidiff.refiner.load_state_dict(h["refiner_weights"])
+    trainer.refiner_optimizer.load_state_dict(h["refiner_optimizer_state"])
+    if trainer.refiner_grad_scaler is not None and h["refiner_grad_scaler_state"] is not None:
+        trainer.refiner_grad_scaler.load_state_dict(h["refiner_grad_scaler_state"])
+    trainer.refiner_ema.load_state_dict(h["refiner_ema"])
+    trainer.num_warmup_epochs = h["num_warmup_epochs"]
+    trainer.nonfinite_in_a_row = h["nonfinite_in_a_row"]
+    trainer.diffusion_rng.set_state(h["diffusion_rng_state"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        set_rng_states(h["rng_states"])
+
+
+def load_whole_segmentor(segmentor, path: str, device) -> None:
+    """Load a plain nnU-Net checkpoint's whole network (segmentation heads included) into the segmentor; a
+    HiDiffConfigurationError names the file and the problem."""
+    from .common import HiDiffConfigurationError
+
+    try:
+        weights = torch.load(path, map_location=device, weights_only=False)["network_weights"]
+    except Exception as e:
+        raise HiDiffConfigurationError(f"{path}: cannot read the segmentor checkpoint ({e}); expected a "
+                                       f"checkpoint_final.pth of a plain nnU-Net training") from None
+    try:
+        segmentor.load_state_dict(weights)
+    except RuntimeError as e:
+        raise HiDiffConfigurationError(f"{path}: not a segmentor of this plan and dataset "
+                                       f"({str(e).splitlines()[0]} ...)") from None

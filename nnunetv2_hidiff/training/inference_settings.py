@@ -3,12 +3,14 @@
 nnU-Net's predictor builds the network through the trainer class, so these variables are how
 ``nnUNetv2_predict ... -tr nnUNetTrainerHiDiff`` picks them up without retraining:
 
-    nnUNet_HiDiff_steps    DDIM steps (1..T; default T)          e.g. 10
+    nnUNet_HiDiff_steps    DDIM steps (1..T), forced over the fold's decision (default: the decision's
+                           steps, else the trainer's inference_steps, else T)
     nnUNet_HiDiff_samples  samples averaged per patch (default 1)
     nnUNet_HiDiff_seed     seed of the sampler (default 0)
-    nnUNet_HiDiff_refine   0 to return the segmentor's prediction without refinement (default 1)
-    nnUNet_HiDiff_transition  "threshold" (default) or "sample": intermediate DDIM states
-                           (see nnunetv2_hidiff.diffusion.BernoulliDDIMSampler)
+    nnUNet_HiDiff_refine   1 forces refinement on, 0 forces it off (the segmentor alone); unset: each
+                           fold's stored decision (made on its validation cases, see trainer)
+    nnUNet_HiDiff_transition  intermediate DDIM states: "renoise" (default), "renoise_threshold", "sample"
+                           (Algorithm 2), "threshold" (see nnunetv2_hidiff.diffusion.BernoulliDDIMSampler)
 
 ``nnunetv2_hidiff_predict`` sets them from --steps/--samples/--seed/--no-refine/--transition.
 """
@@ -38,13 +40,17 @@ def _int_env(environ, name: str, default: int, low: int, high: int) -> int:
 
 
 def apply_inference_settings(network, environ=None) -> None:
-    """Set num_inference_steps, num_samples, seed, refine and transition of a HiDiffNetwork from the environment."""
+    """Set num_inference_steps (forced), num_samples, seed, refine (forced) and transition of a HiDiffNetwork
+    from the environment; variables that are unset leave the network as it is."""
     env = os.environ if environ is None else environ
     T = network.diffusion.num_steps
-    network.num_inference_steps = _int_env(env, ENV_STEPS, network.num_inference_steps, 1, T)
+    if env.get(ENV_STEPS):
+        network.num_inference_steps = _int_env(env, ENV_STEPS, network.num_inference_steps, 1, T)
+        network.steps_forced = True
     network.num_samples = _int_env(env, ENV_SAMPLES, network.num_samples, 1, 10_000)
     network.seed = _int_env(env, ENV_SEED, network.seed, 0, 2 ** 63 - 1)
-    network.refine = bool(_int_env(env, ENV_REFINE, int(network.refine), 0, 1))
+    if env.get(ENV_REFINE):
+        network.refine = bool(_int_env(env, ENV_REFINE, 1, 0, 1))
     transition = env.get(ENV_TRANSITION)
     if transition:
         if transition not in TRANSITIONS:

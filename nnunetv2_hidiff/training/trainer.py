@@ -16,8 +16,7 @@ so variants are one-line subclasses (see variants.py).
 from __future__ import annotations
 
 import os
-import warnings
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,53 +32,19 @@ from nnunetv2_hidiff.diffusion import diffusion_loss
 from nnunetv2_hidiff.evaluation.metrics import nan_mean
 from nnunetv2_hidiff.networks import build_hidiff_network
 
-from .checkpointing import get_rng_states, set_rng_states
+from .checkpointing import hidiff_payload, load_whole_segmentor, restore_hidiff_payload
+from .common import (HiDiffConfigurationError, apply_budget, apply_inference_mirroring, check_supported,
+                     optimizer_step, perturbed_prior, pseudo_dice_counts, record_epoch_time, start_epoch_timer,
+                     track_nonfinite, write_start_record)
 from .ema import ModelEMA
+from .fold_record import update_fold_record
 from .inference_settings import apply_inference_settings
 from .progress import HiDiffLocalLogger
+from .validation import validate_and_decide
 
-
-# written to the fold's training log when a whole segmentor is loaded; the benchmark reads it back to report
-# warm-started folds (benchmark/runner.py: warm_start_source)
+# written to the fold's training log (for people) when a whole segmentor is loaded; programs read the fold
+# record's "warm_start" instead (fold_record.py)
 WARM_START_MESSAGE = "Loaded the whole segmentor from {path}: no segmentor warm-up."
-
-
-class HiDiffConfigurationError(RuntimeError):
-    """A dataset, plan or checkpoint this trainer cannot use; the message says why and what to do."""
-
-
-def apply_budget(trainer) -> None:
-    """Apply the class attributes budget_epochs / budget_iterations_per_epoch /
-    budget_val_iterations_per_epoch (None keeps nnU-Net's 1000 / 250 / 50)."""
-    for attr, target in (("budget_epochs", "num_epochs"), ("budget_iterations_per_epoch", "num_iterations_per_epoch"),
-                         ("budget_val_iterations_per_epoch", "num_val_iterations_per_epoch")):
-        if getattr(trainer, attr, None) is not None:
-            setattr(trainer, target, getattr(trainer, attr))
-
-
-def apply_inference_mirroring(trainer) -> None:
-    """Honour the class attribute inference_mirroring (False: no mirroring TTA in validation and prediction).
-    Call after nnU-Net's configure_rotation_dummyDA_mirroring_and_inital_patch_size."""
-    if not trainer.inference_mirroring:
-        trainer.inference_allowed_mirroring_axes = None
-
-
-def extend_validation_summary(trainer) -> None:
-    """Add HD95, sensitivity, accuracy, NaN ratios and the small-object report to the fold's
-    validation/summary.json (nnU-Net's keys are kept). A failure is logged, not raised: nnU-Net's own
-    summary is already complete at this point."""
-    from nnunetv2.configuration import default_num_processes
-
-    from nnunetv2_hidiff.evaluation.folder import EvaluationError, evaluate_fold
-
-    if trainer.local_rank != 0:
-        return
-    try:
-        result = evaluate_fold(trainer.output_folder, num_processes=default_num_processes)
-        trainer.print_to_log_file("HiDiff metrics added to validation/summary.json: foreground HD95",
-                                  result["foreground_mean"].get("HD95"))
-    except EvaluationError as e:
-        trainer.print_to_log_file(f"Could not add HiDiff metrics to validation/summary.json: {e}")
 
 
 class nnUNetTrainerHiDiff(nnUNetTrainer):
@@ -92,8 +57,22 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     lambda_focal = 1.0  # Eq. 13
     lambda_diff = 1.0  # Eq. 17
     alternate_training = True  # False (Table X, V1): after warm-up only the refiner trains
-    learning_rate = 1e-4  # AdamW for both networks, poly decay
+    # True: one refiner forward/backward per iteration updates both networks (the segmentor's L_diff then uses
+    # the refiner before its update, BatchNorm in train mode); False: Algorithm 1's two steps
+    joint_step = False
+    # optimisers: the segmentor with nnU-Net's own recipe ("sgd": SGD 1e-2, Nesterov 0.99, weight decay 3e-5,
+    # poly) by default, or the paper's ("adamw": AdamW at learning_rate); the refiner always with AdamW
+    segmentor_optimizer = "sgd"
+    learning_rate = 1e-4  # AdamW (refiner; segmentor too with segmentor_optimizer = "adamw"), poly decay
     hidiff_weight_decay = 0.0  # the authors' AdamW uses none
+    # priors for the refiner's training that look like priors on unseen cases: logits / τ with
+    # τ ~ U[1, prior_temperature_max] per sample, plus N(0, prior_logit_noise²) logit noise (1, 0: off)
+    prior_temperature_max = 1.0
+    prior_logit_noise = 0.0
+    # the per-fold decision after validation (validation.py): extra step counts to try besides the default,
+    # and the Dice gain refinement must bring
+    decision_extra_steps: Tuple[int, ...] = ()
+    decision_min_dice_gain = 0.0
     # warm-up: the paper pre-trains the segmentor for 40k iterations = 160 of nnU-Net's 250-iteration
     # epochs, i.e. 16 % of the default 1000 epochs. Skipped when a whole segmentor is loaded (below).
     warmup_epochs: Optional[int] = None  # None → round(warmup_fraction · num_epochs)
@@ -116,10 +95,13 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         # refuse before nnU-Net's __init__, which creates the fold's output folder and a log file
-        self._check_supported(plans, configuration, dataset_json)
+        check_supported(self.__class__.__name__, plans, configuration, dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = self.learning_rate
-        self.weight_decay = self.hidiff_weight_decay
+        if self.segmentor_optimizer not in ("sgd", "adamw"):
+            raise HiDiffConfigurationError(f"segmentor_optimizer must be 'sgd' or 'adamw', got "
+                                           f"{self.segmentor_optimizer!r}")
+        if self.segmentor_optimizer == "adamw":  # else nnU-Net's initial_lr 1e-2 and weight_decay 3e-5
+            self.initial_lr, self.weight_decay = self.learning_rate, self.hidiff_weight_decay
         apply_budget(self)
         self.num_warmup_epochs = (self.warmup_epochs if self.warmup_epochs is not None
                                   else int(round(self.warmup_fraction * self.num_epochs)))
@@ -130,31 +112,10 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         self.refiner_grad_scaler = (torch.amp.GradScaler("cuda") if self.device.type == "cuda" else None)
         self.diffusion_rng = torch.Generator(device=self.device).manual_seed(20240703 + fold if isinstance(fold, int) else 20240703)
         self.nonfinite_in_a_row = 0
+        self.warm_start_source: Optional[str] = None
+        self.validated_checkpoint: Optional[str] = None  # the file --val/--val_best loaded
 
     # ------------------------------------------------------------------ set-up
-    @classmethod
-    def _check_supported(cls, plans: dict, configuration: str, dataset_json: dict) -> None:
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-        name = cls.__name__
-        plans_manager = PlansManager(plans)
-        patch_size = plans_manager.get_configuration(configuration).patch_size
-        label_manager = plans_manager.get_label_manager(dataset_json)
-        if len(patch_size) != 2:
-            raise HiDiffConfigurationError(
-                f"{name} supports 2d configurations only; configuration '{configuration}' has a "
-                f"{len(patch_size)}D patch. Train with '-c 2d'.")
-        if label_manager.has_regions:
-            raise HiDiffConfigurationError(
-                f"{name} does not support region-based training (dataset.json 'regions_class_order'); "
-                f"use plain labels.")
-        if label_manager.has_ignore_label:
-            raise HiDiffConfigurationError(
-                f"{name} does not support an ignore label (dataset.json label 'ignore'): the diffusion "
-                f"target y0 needs a class for every pixel.")
-        if torch.distributed.is_available() and torch.distributed.is_initialized():  # nnU-Net's is_ddp
-            raise HiDiffConfigurationError(f"{name} does not support multi-GPU (DDP) training.")
-
     def hidiff_config(self) -> dict:
         return {k: getattr(self, k) for k in ("binary_refiner", "use_xformer", "refiner_width",
                                               "num_diffusion_steps")}
@@ -187,17 +148,11 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         if not path:
             return
         path = path.replace("{fold}", str(self.fold))  # one setting for a whole cross-validation
-        try:
-            weights = torch.load(path, map_location=self.device, weights_only=False)["network_weights"]
-        except Exception as e:
-            raise HiDiffConfigurationError(f"{path}: cannot read the segmentor checkpoint ({e}); expected a "
-                                           f"checkpoint_final.pth of a plain nnU-Net training") from None
-        try:
-            self.hidiff.segmentor.load_state_dict(weights)
-        except RuntimeError as e:
-            raise HiDiffConfigurationError(f"{path}: not a segmentor of this plan and dataset "
-                                           f"({str(e).splitlines()[0]} ...)") from None
+        load_whole_segmentor(self.hidiff.segmentor, path, self.device)
         self.num_warmup_epochs = 0
+        self.warm_start_source = path
+        if self.local_rank == 0:
+            update_fold_record(self.output_folder, warm_start=path)
         self.print_to_log_file(WARM_START_MESSAGE.format(path=path))
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
@@ -207,10 +162,14 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
 
     def configure_optimizers(self):
         net = self.network  # the HiDiffNetwork while initialize() runs
-        seg_opt = torch.optim.AdamW(net.segmentor.parameters(), self.initial_lr, weight_decay=self.weight_decay)
-        self.refiner_optimizer = torch.optim.AdamW(net.refiner.parameters(), self.initial_lr,
-                                                   weight_decay=self.weight_decay)
-        self.refiner_lr_scheduler = PolyLRScheduler(self.refiner_optimizer, self.initial_lr, self.num_epochs)
+        if self.segmentor_optimizer == "sgd":  # nnU-Net's recipe (nnUNetTrainer.configure_optimizers)
+            seg_opt = torch.optim.SGD(net.segmentor.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                      momentum=0.99, nesterov=True)
+        else:
+            seg_opt = torch.optim.AdamW(net.segmentor.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        self.refiner_optimizer = torch.optim.AdamW(net.refiner.parameters(), self.learning_rate,
+                                                   weight_decay=self.hidiff_weight_decay)
+        self.refiner_lr_scheduler = PolyLRScheduler(self.refiner_optimizer, self.learning_rate, self.num_epochs)
         return seg_opt, PolyLRScheduler(seg_opt, self.initial_lr, self.num_epochs)
 
     def set_deep_supervision_enabled(self, enabled: bool):
@@ -225,13 +184,17 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             self.initialize()
         self.network = self.hidiff
         super().on_train_start()
+        write_start_record(self, "hidiff", self.warm_start_source, self.num_warmup_epochs)
         self.print_to_log_file(f"HiDiff: {self.hidiff_config()}, λ_diff={self.lambda_diff}, "
                                f"λ_focal={self.lambda_focal}, γ={self.focal_gamma}, alternate={self.alternate_training}, "
+                               f"segmentor optimiser={self.segmentor_optimizer}, prior τ_max="
+                               f"{self.prior_temperature_max}, prior logit noise={self.prior_logit_noise}, "
                                f"warm-up epochs={self.num_warmup_epochs}, refiner EMA={self.refiner_ema_decay}")
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self.refiner_lr_scheduler.step(self.current_epoch)
+        start_epoch_timer(self)
 
     def _autocast(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
@@ -242,29 +205,6 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
         return data, target
-
-    def _optimizer_step(self, loss, optimizer, module, scaler) -> bool:
-        """Backward + clipped step; returns False (and changes nothing) when loss or gradients are not finite."""
-        optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            return False
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), 12)
-        if not torch.isfinite(grad_norm):
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.update()
-            return False
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        return True
 
     def prepare_diffusion(self, data, target):
         """Segmentor forward (with grad) and the diffusion sample of Algorithm 1 for one batch.
@@ -277,13 +217,17 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             l_disc = self.loss(seg.logits, target)
         if not torch.isfinite(l_disc):
             return dict(seg=seg, l_disc=l_disc)
-        prior = self.hidiff.prior_from_logits(seg.logits)
+        prior = self.training_prior(self.hidiff.top_logits(seg.logits))
         labels = (target[0] if isinstance(target, list) else target)[:, 0].long()
         y0 = F.one_hot(labels, prior.shape[1]).movedim(-1, 1).to(prior.dtype)
         diffusion = self.hidiff.diffusion
         t = diffusion.sample_timesteps(data.shape[0], device=self.device, generator=self.diffusion_rng)
         y_t, eps = diffusion.q_sample(y0, prior.detach(), t, generator=self.diffusion_rng)
         return dict(seg=seg, l_disc=l_disc, prior=prior, y0=y0, t=t, y_t=y_t, eps=eps)
+
+    def training_prior(self, logits: torch.Tensor) -> torch.Tensor:
+        """p for the diffusion terms: softmax of the logits, perturbed (common.perturbed_prior); differentiable."""
+        return perturbed_prior(logits, self.prior_temperature_max, self.prior_logit_noise, self.diffusion_rng)
 
     def _l_diff(self, data, s: dict, prior, features):
         with self._autocast():
@@ -294,7 +238,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     def refiner_step(self, data, s: dict):
         """Step (1): update g on L_diff with the segmentor's outputs detached. Returns (loss, ok)."""
         l_ref = self._l_diff(data, s, s["prior"].detach(), [f.detach() for f in s["seg"].features])
-        ok = self._optimizer_step(l_ref.total, self.refiner_optimizer, self.hidiff.refiner, self.refiner_grad_scaler)
+        ok = optimizer_step(l_ref.total, self.refiner_optimizer, self.hidiff.refiner, self.refiner_grad_scaler)
         if ok:
             self.refiner_ema.update(self.hidiff.refiner)
         return l_ref, ok
@@ -311,7 +255,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             finally:
                 refiner.requires_grad_(True)
                 refiner.train()
-        ok = self._optimizer_step(loss, self.optimizer, self.hidiff.segmentor, self.grad_scaler)
+        ok = optimizer_step(loss, self.optimizer, self.hidiff.segmentor, self.grad_scaler)
         return loss, ok
 
     def train_step(self, batch: dict) -> dict:
@@ -322,10 +266,19 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         if s is None:  # warm-up: nnU-Net's own step on L_disc, with our optimizer
             with self._autocast():
                 l_disc = self.loss(self.hidiff.segment(data).logits, target)
-            ok = self._optimizer_step(l_disc, self.optimizer, self.hidiff.segmentor, self.grad_scaler)
+            ok = optimizer_step(l_disc, self.optimizer, self.hidiff.segmentor, self.grad_scaler)
             out["loss"] = float(l_disc.detach())
         elif not torch.isfinite(s["l_disc"]):
             ok = False  # the batch itself is bad (e.g. NaN in the image): skip both steps
+        elif self.joint_step:  # one refiner pass: g on L_diff, f on L_disc + λ_diff·L_diff, both at once
+            l_ref = self._l_diff(data, s, s["prior"], s["seg"].features)
+            ok = optimizer_step(s["l_disc"] + self.lambda_diff * l_ref.total, (self.optimizer, self.refiner_optimizer),
+                                (self.hidiff.segmentor, self.hidiff.refiner), self.grad_scaler)
+            if ok:
+                self.refiner_ema.update(self.hidiff.refiner)
+            out.update(loss=float(s["l_disc"].detach() + self.lambda_diff * l_ref.total.detach()),
+                       refiner_loss=float(l_ref.total.detach()), refiner_kl=float(l_ref.kl.detach()),
+                       refiner_focal=float(l_ref.focal.detach()))
         else:
             l_ref, ok_ref = self.refiner_step(data, s)
             out.update(refiner_loss=float(l_ref.total.detach()), refiner_kl=float(l_ref.kl.detach()),
@@ -337,19 +290,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
                 ok_seg = True
                 out["loss"] = float(s["l_disc"].detach())
             ok = ok_ref and ok_seg
-        if ok:
-            self.nonfinite_in_a_row = 0
-        else:
-            self.nonfinite_in_a_row += 1
-            out["skipped"] = 1
-            self.print_to_log_file(f"Non-finite loss or gradient in epoch {self.current_epoch}: step skipped "
-                                   f"({self.nonfinite_in_a_row} in a row).")
-            if self.nonfinite_in_a_row >= self.max_nonfinite_in_a_row:
-                raise RuntimeError(
-                    f"{self.nonfinite_in_a_row} training steps in a row had a non-finite loss or gradient "
-                    f"(limit max_nonfinite_in_a_row={self.max_nonfinite_in_a_row}); stopping. Check the "
-                    f"preprocessed data for NaN/Inf and consider a lower learning rate. The last good "
-                    f"checkpoint is {self.output_folder}/checkpoint_latest.pth (resume with --c).")
+        out["skipped"] = track_nonfinite(self, ok)
         return out
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
@@ -359,6 +300,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             log_key = "refiner_losses" if key == "refiner_loss" else key
             self.logger.log(log_key, nan_mean(outputs[key]), self.current_epoch)
         self.logger.log("nonfinite_steps", int(np.sum(outputs["skipped"])), self.current_epoch)
+        record_epoch_time(self)
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self):
@@ -367,22 +309,16 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         self._ema_context.__enter__()
 
     def validation_step(self, batch: dict) -> dict:
-        """nnU-Net's loss on the segmentor; pseudo Dice on the refined prediction once diffusion runs."""
+        """nnU-Net's loss and pseudo Dice, both on the segmentor in every epoch (warm-up or not), so that the
+        EMA pseudo Dice that selects checkpoint_best never mixes segmentor and refined epochs; one segmentor
+        forward. Whether refinement helps is decided on the fold's validation cases (validation.py)."""
         data, target = self._to_device(batch)
         with self._autocast():
             logits = self.hidiff.segment(data).logits
             loss = self.loss(logits, target)
-            output = self.hidiff.predict(data) if self.diffusion_active() else self.hidiff.top_logits(logits)
-        target = target[0] if isinstance(target, list) else target
-        axes = [0] + list(range(2, output.ndim))
-        predicted = torch.zeros(output.shape, device=output.device, dtype=torch.float32)
-        predicted.scatter_(1, output.argmax(1, keepdim=True), 1)
-        onehot = torch.zeros_like(predicted).scatter_(1, target.long(), 1)
-        tp = (predicted * onehot).sum(axes)[1:]
-        fp = (predicted * (1 - onehot)).sum(axes)[1:]
-        fn = ((1 - predicted) * onehot).sum(axes)[1:]
-        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.cpu().numpy(), "fp_hard": fp.cpu().numpy(),
-                "fn_hard": fn.cpu().numpy()}
+            output = self.hidiff.top_logits(logits)
+        return {"loss": loss.detach().cpu().numpy(),
+                **pseudo_dice_counts(output, target[0] if isinstance(target, list) else target)}
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
         self._ema_context.__exit__(None, None, None)
@@ -394,11 +330,11 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         super().on_epoch_end()
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        """nnU-Net's final validation (sliding window, export, summary.json) with the EMA refiner."""
+        """nnU-Net's final validation (sliding window, export, summary.json) with the EMA refiner, for the
+        segmentor alone and refined; then the per-fold refinement decision (validation.py)."""
         self.network = self.hidiff
         with self.refiner_ema.applied_to(self.hidiff.refiner):
-            super().perform_actual_validation(save_probabilities)
-        extend_validation_summary(self)
+            validate_and_decide(self, super().perform_actual_validation, save_probabilities)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, filename: str) -> None:
@@ -419,18 +355,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             "init_args": self.my_init_kwargs,
             "trainer_name": self.__class__.__name__,
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            "hidiff": {
-                "config": self.hidiff_config(),
-                "refiner_weights": {k: v.detach().clone() for k, v in self.hidiff.refiner.state_dict().items()},
-                "refiner_optimizer_state": self.refiner_optimizer.state_dict(),
-                "refiner_grad_scaler_state": (self.refiner_grad_scaler.state_dict()
-                                              if self.refiner_grad_scaler is not None else None),
-                "refiner_ema": self.refiner_ema.state_dict(),
-                "num_warmup_epochs": self.num_warmup_epochs,
-                "nonfinite_in_a_row": self.nonfinite_in_a_row,
-                "diffusion_rng_state": self.diffusion_rng.get_state(),
-                "rng_states": get_rng_states(),
-            },
+            "hidiff": hidiff_payload(self),
         }
         atomic_torch_save(checkpoint, filename)
 
@@ -439,6 +364,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             self.initialize()
         source = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "the given checkpoint"
         if isinstance(filename_or_checkpoint, str):
+            self.validated_checkpoint = filename_or_checkpoint
             try:
                 checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
             except Exception as e:
@@ -457,7 +383,6 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
                 f"{source} holds a HiDiff model with {h['config']} ({checkpoint['trainer_name']}), but "
                 f"{self.__class__.__name__} builds {self.hidiff_config()}.")
         self.hidiff.load_state_dict(checkpoint["network_weights"])
-        self.hidiff.refiner.load_state_dict(h["refiner_weights"])
         self.my_init_kwargs = checkpoint["init_args"]
         self.current_epoch = checkpoint["current_epoch"]
         self.logger.load_checkpoint(checkpoint["logging"])
@@ -465,16 +390,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
                                                                self.inference_allowed_mirroring_axes)
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])
-        self.refiner_optimizer.load_state_dict(h["refiner_optimizer_state"])
-        for scaler, state in ((self.grad_scaler, checkpoint["grad_scaler_state"]),
-                              (self.refiner_grad_scaler, h["refiner_grad_scaler_state"])):
-            if scaler is not None and state is not None:
-                scaler.load_state_dict(state)
-        self.refiner_ema.load_state_dict(h["refiner_ema"])
-        self.num_warmup_epochs = h["num_warmup_epochs"]
-        self.nonfinite_in_a_row = h["nonfinite_in_a_row"]
-        self.diffusion_rng.set_state(h["diffusion_rng_state"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            set_rng_states(h["rng_states"])
+        if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+        restore_hidiff_payload(self, h)
         self.network = self.hidiff

@@ -12,11 +12,40 @@ smoke variant that runs one tiny epoch for tests and CI.
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from .trainer import apply_budget, apply_inference_mirroring, extend_validation_summary, nnUNetTrainerHiDiff
+from .common import (apply_budget, apply_inference_mirroring, extend_validation_summary, record_epoch_time,
+                     start_epoch_timer, write_start_record)
+from .trainer import nnUNetTrainerHiDiff
 
 
 class nnUNetTrainerHiDiff_real(nnUNetTrainerHiDiff):
     binary_refiner = False
+
+
+# ---- the paper's optimiser for the segmentor too (AdamW 1e-4); the default is nnU-Net's SGD recipe ----
+class nnUNetTrainerHiDiff_adamw(nnUNetTrainerHiDiff):
+    segmentor_optimizer = "adamw"
+
+
+class nnUNetTrainerHiDiff_real_adamw(nnUNetTrainerHiDiff_real):
+    segmentor_optimizer = "adamw"
+
+
+# ---- one refiner pass per iteration for both networks (instead of Algorithm 1's two) ----
+class nnUNetTrainerHiDiff_joint(nnUNetTrainerHiDiff):
+    joint_step = True
+
+
+class nnUNetTrainerHiDiff_real_joint(nnUNetTrainerHiDiff_real):
+    joint_step = True
+
+
+# ---- training priors perturbed to look like priors on unseen cases (logits / τ, τ ~ U[1, 3]; logit noise) ----
+class nnUNetTrainerHiDiff_priorTemp3(nnUNetTrainerHiDiff):
+    prior_temperature_max = 3.0
+
+
+class nnUNetTrainerHiDiff_priorNoise1(nnUNetTrainerHiDiff):
+    prior_logit_noise = 1.0
 
 
 class nnUNetTrainerHiDiff_V1(nnUNetTrainerHiDiff):
@@ -56,7 +85,8 @@ class nnUNetTrainerHiDiff_real_50epochs(nnUNetTrainerHiDiff_real):
     budget_epochs = 50
 
 
-# ---- smoke: one tiny epoch, no warm-up, a narrow refiner, 2 DDIM steps, no mirroring TTA ----
+# ---- smoke: one tiny epoch, no warm-up, a narrow refiner, 2 DDIM steps, no mirroring TTA; _joint_smoke with
+# the joint step ----
 class nnUNetTrainerHiDiff_smoke(nnUNetTrainerHiDiff):
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 1, 2, 1
     warmup_epochs, refiner_width, inference_steps, inference_mirroring = 0, 8, 2, False
@@ -64,6 +94,10 @@ class nnUNetTrainerHiDiff_smoke(nnUNetTrainerHiDiff):
 
 class nnUNetTrainerHiDiff_real_smoke(nnUNetTrainerHiDiff_smoke):
     binary_refiner = False
+
+
+class nnUNetTrainerHiDiff_joint_smoke(nnUNetTrainerHiDiff_smoke):
+    joint_step = True
 
 
 # ---- the demo (./scripts/demo.sh): 4 short epochs (the first one warm-up), no mirroring TTA ----
@@ -95,10 +129,28 @@ class nnUNetTrainerHiDiff_real_cpuWarm100(nnUNetTrainerHiDiff_cpuWarm100):
     binary_refiner = False
 
 
+# ---- CPU warm-start protocol of issue 12: a stable segmentor (nnUNetTrainerBaseline_5epochs, 1250 iterations)
+# then 20 × 25 = 500 HiDiff iterations with the default prediction settings, no mirroring TTA. From scratch with
+# the same total (1250 + 500 = 1750 = 70 × 25 iterations, the default 16 % segmentor warm-up): _cpu1750.
+class nnUNetTrainerHiDiff_cpuWarm500(nnUNetTrainerHiDiff):
+    budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 20, 25, 5
+    warmup_epochs, inference_mirroring = 0, False
+
+
+class nnUNetTrainerHiDiff_real_cpuWarm500(nnUNetTrainerHiDiff_cpuWarm500):
+    binary_refiner = False
+
+
+class nnUNetTrainerHiDiff_cpu1750(nnUNetTrainerHiDiff):
+    budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 70, 25, 5
+    inference_mirroring = False
+
+
 # ---- the plain nnU-Net baseline at the same budgets ----
 class nnUNetTrainerBaseline(nnUNetTrainer):
-    """Plain nnU-Net with the budget attributes of nnUNetTrainerHiDiff (None = nnU-Net's defaults)
-    and its inference_mirroring switch (False: no mirroring TTA in validation and prediction)."""
+    """Plain nnU-Net with the budget attributes of nnUNetTrainerHiDiff (None = nnU-Net's defaults), its
+    inference_mirroring switch (False: no mirroring TTA in validation and prediction), the extended validation
+    summary and the fold record (fold_record.py: kind "baseline", budget, seconds per iteration)."""
     budget_epochs = budget_iterations_per_epoch = budget_val_iterations_per_epoch = None
     inference_mirroring = True
 
@@ -111,6 +163,18 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
         result = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         apply_inference_mirroring(self)
         return result
+
+    def on_train_start(self):
+        super().on_train_start()
+        write_start_record(self, "baseline")
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        start_epoch_timer(self)
+
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)
+        record_epoch_time(self)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         super().perform_actual_validation(save_probabilities)

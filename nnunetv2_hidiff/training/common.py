@@ -1,0 +1,183 @@
+"""Helpers shared by the HiDiff trainer and the plain nnU-Net Baseline trainers: budgets, mirroring, the
+extended validation summary, and the fold record (fold_record.py) with epoch timing."""
+from __future__ import annotations
+
+import time
+from statistics import median
+
+import torch
+
+from .fold_record import read_fold_record, update_fold_record
+
+
+class HiDiffConfigurationError(RuntimeError):
+    """A dataset, plan or checkpoint this trainer cannot use; the message says why and what to do."""
+
+
+def check_supported(name: str, plans: dict, configuration: str, dataset_json: dict) -> None:
+    """Refuse what the HiDiff trainer cannot train (before nnU-Net's __init__ creates any file)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(plans)
+    patch_size = plans_manager.get_configuration(configuration).patch_size
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    if len(patch_size) != 2:
+        raise HiDiffConfigurationError(
+            f"{name} supports 2d configurations only; configuration '{configuration}' has a "
+            f"{len(patch_size)}D patch. Train with '-c 2d'.")
+    if label_manager.has_regions:
+        raise HiDiffConfigurationError(
+            f"{name} does not support region-based training (dataset.json 'regions_class_order'); "
+            f"use plain labels.")
+    if label_manager.has_ignore_label:
+        raise HiDiffConfigurationError(
+            f"{name} does not support an ignore label (dataset.json label 'ignore'): the diffusion "
+            f"target y0 needs a class for every pixel.")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # nnU-Net's is_ddp
+        raise HiDiffConfigurationError(f"{name} does not support multi-GPU (DDP) training.")
+
+
+def optimizer_step(loss, optimizers, modules, scaler) -> bool:
+    """Backward + clipped step (nnU-Net's clip at 12 per module) of one optimizer/module or of several sharing
+    one backward pass (and one grad scaler); returns False (and changes nothing) when the loss or any gradient
+    is not finite."""
+    optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+    modules = list(modules) if isinstance(modules, (list, tuple)) else [modules]
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return False
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    norms = [torch.nn.utils.clip_grad_norm_(module.parameters(), 12) for module in modules]
+    if not all(torch.isfinite(n) for n in norms):
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()
+        return False
+    for optimizer in optimizers:
+        if scaler is not None:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
+    if scaler is not None:
+        scaler.update()
+    return True
+
+
+def track_nonfinite(trainer, ok: bool) -> int:
+    """Count skipped steps in a row; stop with a clear message after trainer.max_nonfinite_in_a_row.
+    Returns 1 for a skipped step, else 0."""
+    if ok:
+        trainer.nonfinite_in_a_row = 0
+        return 0
+    trainer.nonfinite_in_a_row += 1
+    trainer.print_to_log_file(f"Non-finite loss or gradient in epoch {trainer.current_epoch}: step skipped "
+                              f"({trainer.nonfinite_in_a_row} in a row).")
+    if trainer.nonfinite_in_a_row >= trainer.max_nonfinite_in_a_row:
+        raise RuntimeError(
+            f"{trainer.nonfinite_in_a_row} training steps in a row had a non-finite loss or gradient "
+            f"(limit max_nonfinite_in_a_row={trainer.max_nonfinite_in_a_row}); stopping. Check the "
+            f"preprocessed data for NaN/Inf and consider a lower learning rate. The last good "
+            f"checkpoint is {trainer.output_folder}/checkpoint_latest.pth (resume with --c).")
+    return 1
+
+
+def apply_budget(trainer) -> None:
+    """Apply the class attributes budget_epochs / budget_iterations_per_epoch /
+    budget_val_iterations_per_epoch (None keeps nnU-Net's 1000 / 250 / 50)."""
+    for attr, target in (("budget_epochs", "num_epochs"), ("budget_iterations_per_epoch", "num_iterations_per_epoch"),
+                         ("budget_val_iterations_per_epoch", "num_val_iterations_per_epoch")):
+        if getattr(trainer, attr, None) is not None:
+            setattr(trainer, target, getattr(trainer, attr))
+
+
+def apply_inference_mirroring(trainer) -> None:
+    """Honour the class attribute inference_mirroring (False: no mirroring TTA in validation and prediction).
+    Call after nnU-Net's configure_rotation_dummyDA_mirroring_and_inital_patch_size."""
+    if not trainer.inference_mirroring:
+        trainer.inference_allowed_mirroring_axes = None
+
+
+def extend_validation_summary(trainer, folder: str = "validation"):
+    """Add HD95, sensitivity, accuracy, NaN ratios and the small-object report to the fold's
+    ``<folder>/summary.json`` (nnU-Net's keys are kept). Returns the result, or None after logging a failure
+    (nnU-Net's own summary is already complete at this point)."""
+    from os.path import join
+
+    from nnunetv2.configuration import default_num_processes
+
+    from nnunetv2_hidiff.evaluation.folder import EvaluationError, evaluate_fold
+
+    if trainer.local_rank != 0:
+        return None
+    try:
+        result = evaluate_fold(trainer.output_folder, num_processes=default_num_processes,
+                               output_file=join(trainer.output_folder, folder, "summary.json"), folder=folder)
+        trainer.print_to_log_file(f"HiDiff metrics added to {folder}/summary.json: foreground HD95",
+                                  result["foreground_mean"].get("HD95"))
+        return result
+    except EvaluationError as e:
+        trainer.print_to_log_file(f"Could not add HiDiff metrics to {folder}/summary.json: {e}")
+        return None
+
+
+def perturbed_prior(logits: torch.Tensor, temperature_max: float = 1.0, logit_noise: float = 0.0,
+                    generator=None) -> torch.Tensor:
+    """softmax((logits + N(0, logit_noise²)) / τ) over dim 1 with τ ~ U[1, temperature_max] per sample: a prior
+    as unsure as the segmentor's priors on unseen cases, for the refiner's training (1, 0 = plain softmax).
+    Differentiable in the logits; random numbers from ``generator``."""
+    z = logits.float()
+    if logit_noise > 0:
+        z = z + logit_noise * torch.randn(z.shape, generator=generator, device=z.device)
+    if temperature_max > 1:
+        u = torch.rand((z.shape[0],) + (1,) * (z.dim() - 1), generator=generator, device=z.device)
+        z = z / (1 + (temperature_max - 1) * u)
+    return torch.softmax(z, dim=1)
+
+
+def pseudo_dice_counts(output: torch.Tensor, target: torch.Tensor) -> dict:
+    """nnU-Net's hard tp/fp/fn per foreground class of a batch (logits (B, K, *sp), labels (B, 1, *sp))."""
+    axes = [0] + list(range(2, output.ndim))
+    predicted = torch.zeros(output.shape, device=output.device, dtype=torch.float32)
+    predicted.scatter_(1, output.argmax(1, keepdim=True), 1)
+    onehot = torch.zeros_like(predicted).scatter_(1, target.long(), 1)
+    tp = (predicted * onehot).sum(axes)[1:]
+    fp = (predicted * (1 - onehot)).sum(axes)[1:]
+    fn = ((1 - predicted) * onehot).sum(axes)[1:]
+    return {"tp_hard": tp.cpu().numpy(), "fp_hard": fp.cpu().numpy(), "fn_hard": fn.cpu().numpy()}
+
+
+def budget_record(trainer, warmup_epochs: int = 0) -> dict:
+    return {"epochs": trainer.num_epochs, "iterations_per_epoch": trainer.num_iterations_per_epoch,
+            "val_iterations_per_epoch": trainer.num_val_iterations_per_epoch, "warmup_epochs": warmup_epochs,
+            "batch_size": trainer.batch_size}
+
+
+def write_start_record(trainer, kind: str, warm_start=None, warmup_epochs: int = 0) -> None:
+    """Record trainer, kind, budget and warm start when training starts (rank 0)."""
+    if trainer.local_rank == 0:
+        update_fold_record(trainer.output_folder, trainer=trainer.__class__.__name__, kind=kind,
+                           budget=budget_record(trainer, warmup_epochs), warm_start=warm_start)
+
+
+def start_epoch_timer(trainer) -> None:
+    trainer._train_loop_start = time.perf_counter()
+
+
+def record_epoch_time(trainer) -> None:
+    """Append this epoch's training-loop seconds per iteration to the fold record (rank 0); the record keeps
+    every epoch's value and their median (so ``--c`` continues the list)."""
+    start = getattr(trainer, "_train_loop_start", None)
+    if start is None or trainer.local_rank != 0:
+        return
+    per_iteration = (time.perf_counter() - start) / max(trainer.num_iterations_per_epoch, 1)
+    previous = (read_fold_record(trainer.output_folder) or {}).get("epoch_seconds_per_iteration", [])
+    values = [v for v in previous if isinstance(v, (int, float))][: trainer.current_epoch] + [round(per_iteration, 4)]
+    update_fold_record(trainer.output_folder, epoch_seconds_per_iteration=values,
+                       seconds_per_iteration=round(median(values), 4))

@@ -1,0 +1,54 @@
+"""What a HiDiff or Baseline trainer writes into its fold folder for other components to read.
+
+Components (the benchmark, the predictor's decision, users' scripts) learn about a finished fold from
+these files only, never from log text or source code:
+
+``fold_k/hidiff_fold.json`` (FOLD_RECORD), a JSON object updated during training and validation:
+    trainer                 class name
+    kind                    "hidiff" or "baseline"
+    budget                  {"epochs", "iterations_per_epoch", "val_iterations_per_epoch", "warmup_epochs",
+                             "batch_size"}
+    warm_start              path of the segmentor checkpoint the fold started from, or null
+    seconds_per_iteration   median over epochs of (training-loop seconds / iterations), or null
+    validation              {"segmentor": {...}, "refined": {...}} for HiDiff folds: per output the
+                            folder name, the number of cases, seconds per case and foreground Dice/HD95
+    decision                HiDiff folds after validation: {"refine": bool, "steps": int, "reason": str,
+                             "candidates": [{"refine", "steps", "dice", "hd95"}, ...]}
+The validation outputs of a HiDiff fold:
+    fold_k/validation/              nnU-Net's folder: the output as decided (what find_best_configuration,
+                                    postprocessing and ensembling read)
+    fold_k/validation_refined/      refinement forced on (default steps)
+    fold_k/validation_segmentor/    the segmentor alone
+each with nnU-Net's summary.json extended by the HiDiff metrics (HD95 & co).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+from nnunetv2_hidiff.atomic import atomic_write_bytes
+
+FOLD_RECORD = "hidiff_fold.json"
+VALIDATION = "validation"
+VALIDATION_REFINED = "validation_refined"
+VALIDATION_SEGMENTOR = "validation_segmentor"
+OUTPUT_FOLDERS = {"refined": VALIDATION_REFINED, "segmentor": VALIDATION_SEGMENTOR}
+
+
+def read_fold_record(folder: Union[str, Path]) -> Optional[dict]:
+    """The fold's record, or None when the fold has none (older runs, foreign trainers) or it is unreadable."""
+    path = Path(folder) / FOLD_RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def update_fold_record(folder: Union[str, Path], **updates) -> dict:
+    """Merge ``updates`` (top-level keys) into the fold's record and write it atomically; returns the record."""
+    record = read_fold_record(folder) or {}
+    record.update(updates)
+    atomic_write_bytes(Path(folder) / FOLD_RECORD, (json.dumps(record, indent=2, default=str) + "\n").encode())
+    return record

@@ -1,0 +1,45 @@
+"""The per-fold refinement decision (training/validation.py) and its folder handling, without training."""
+import math
+
+import pytest
+
+from nnunetv2_hidiff.training.validation import decide, replace_folder
+
+NAN = float("nan")
+
+
+def _c(steps, dice, hd95):
+    return {"refine": True, "steps": steps, "dice": dice, "hd95": hd95}
+
+
+def test_refine_only_when_dice_rises_and_hd95_does_not_worsen():
+    seg = {"dice": 0.80, "hd95": 2.0}
+    assert decide(seg, [_c(10, 0.82, 1.9)]) == {**decide(seg, [_c(10, 0.82, 1.9)]), "refine": True, "steps": 10}
+    assert not decide(seg, [_c(10, 0.82, 2.1)])["refine"]  # better Dice, worse HD95
+    assert not decide(seg, [_c(10, 0.79, 1.0)])["refine"]  # better HD95, worse Dice
+    assert not decide(seg, [_c(10, 0.80, 2.0)])["refine"]  # a tie keeps the segmentor
+    assert not decide(seg, [_c(10, 0.805, 2.0)], min_dice_gain=0.01)["refine"]
+    assert not decide(seg, [])["refine"]
+
+
+def test_best_candidate_wins_and_nan_hd95_is_worse_than_a_number():
+    seg = {"dice": 0.80, "hd95": 2.0}
+    d = decide(seg, [_c(10, 0.82, 1.9), _c(2, 0.83, 2.0), _c(1, 0.90, 5.0)])
+    assert d["refine"] and d["steps"] == 2 and "0.8300" in d["reason"]
+    assert not decide(seg, [_c(10, 0.9, NAN)])["refine"]
+    assert decide({"dice": 0.5, "hd95": NAN}, [_c(10, 0.6, 3.0)])["refine"]
+    assert decide({"dice": 0.5, "hd95": NAN}, [_c(10, 0.6, NAN)])["refine"]
+    assert math.isnan(NAN)
+
+
+@pytest.mark.parametrize("move", [False, True])
+def test_replace_folder_swaps_in_a_complete_copy(tmp_path, move):
+    src, dst = tmp_path / "validation", tmp_path / "validation_refined"
+    src.mkdir()
+    (src / "a.nii.gz").write_text("new")
+    dst.mkdir()
+    (dst / "stale.nii.gz").write_text("old")
+    replace_folder(str(src), str(dst), move=move)
+    assert sorted(p.name for p in dst.iterdir()) == ["a.nii.gz"]
+    assert src.exists() != move
+    assert not any(p.name.endswith((".tmp", ".old")) for p in tmp_path.iterdir())
