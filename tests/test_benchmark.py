@@ -1,7 +1,9 @@
 """nnunetv2_hidiff_benchmark end to end: smoke trainers, 2 folds and the held-out test set of the tiny dataset.
 
 The benchmark writes into its own nnUNet_results folder (the raw/preprocessed data of the session fixture are
-shared), so folds trained by other test modules into the fixture's results tree do not interfere.
+shared), so folds trained by other test modules into the fixture's results tree do not interfere. The HiDiff
+trainer's folds contribute two outputs (``validation_refined/`` and ``validation_segmentor/``, see
+nnunetv2_hidiff.training.fold_record); the test set is predicted twice for it (refined and segmentor alone).
 """
 import csv
 import json
@@ -16,11 +18,18 @@ import pytest
 import SimpleITK as sitk
 
 from nnunetv2_hidiff.benchmark.collect import CSV_COLUMNS, read_csv
+from nnunetv2_hidiff.benchmark.report import fmt_speed
 from nnunetv2_hidiff.benchmark.stats import nan_mean, nan_std
 from tiny_dataset import BIN, nnunet_env
 
 BASE, HIDIFF = "nnUNetTrainerBaseline_smoke", "nnUNetTrainerHiDiff_smoke"
 TRAINERS = (BASE, HIDIFF)
+ALONE = f"{HIDIFF}, its segmentor alone"
+# the series of summary.md: label -> (trainer, output)
+SERIES = {BASE: (BASE, "segmentor"), HIDIFF: (HIDIFF, "refined"), ALONE: (HIDIFF, "segmentor")}
+OUTPUTS = {BASE: ("segmentor",), HIDIFF: ("refined", "segmentor")}
+SUMMARY_FOLDER = {(BASE, "segmentor"): "validation", (HIDIFF, "refined"): "validation_refined",
+                  (HIDIFF, "segmentor"): "validation_segmentor"}
 CLASSES = ("a", "b")
 DATASET = "Dataset990_Tiny"
 
@@ -68,12 +77,29 @@ def _mean_std(cell: str):
     return float(mean), (math.nan if std == "n/a" else float(std))
 
 
-def _fold_means(rows, trainer, metric, cls, split="validation"):
+def _fold_means(rows, label, metric, cls, split="validation"):
+    """{fold: mean} of one series (a SERIES label) and class."""
+    trainer, output = SERIES[label]
     by_fold = {}
     for r in rows:
-        if r.trainer == trainer and r.metric == metric and r.cls == cls and r.split == split:
+        if (r.trainer, r.output, r.metric, r.cls, r.split) == (trainer, output, metric, cls, split):
             by_fold.setdefault(r.fold, []).append(r.value)
     return {f: nan_mean(v) for f, v in by_fold.items()}
+
+
+def _fg_fold_means(rows, label, metric):
+    per_class = [_fold_means(rows, label, metric, c) for c in CLASSES]
+    return {f: nan_mean([pc[f] for pc in per_class]) for f in ("0", "1")}
+
+
+def _summary_file(bench, trainer, output, fold):
+    return (bench["results"] / DATASET / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
+            / SUMMARY_FOLDER[(trainer, output)] / "summary.json")
+
+
+def _record(bench, trainer, fold):
+    path = bench["results"] / DATASET / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}" / "hidiff_fold.json"
+    return json.loads(path.read_text())
 
 
 def test_outputs_exist_and_csv_is_complete(bench):
@@ -83,41 +109,45 @@ def test_outputs_exist_and_csv_is_complete(bench):
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
     with open(out / "results.csv", newline="") as f:
         header = next(csv.reader(f))
-    assert tuple(header) == CSV_COLUMNS and header[:6] == ["trainer", "fold", "class", "case", "metric", "value"]
+    assert tuple(header) == CSV_COLUMNS and header == ["trainer", "fold", "class", "case", "metric", "value", "split",
+                                                       "output"]
     rows = read_csv(out / "results.csv")
     splits = json.loads((root / "pre" / DATASET / "splits_final.json").read_text())
     for t in TRAINERS:
-        for fold in (0, 1):
-            for cls in CLASSES:
-                for metric in ("Dice", "IoU", "HD95", "Sensitivity", "Accuracy"):
-                    cases = {r.case for r in rows if (r.trainer, r.fold, r.cls, r.metric, r.split)
-                             == (t, str(fold), cls, metric, "validation")}
-                    assert cases == set(splits[fold]["val"]), (t, fold, cls, metric)
-        test_cases = {r.case for r in rows if r.trainer == t and r.split == "test"}
-        assert test_cases == {"tiny_006", "tiny_007"}
+        for output in OUTPUTS[t]:
+            for fold in (0, 1):
+                for cls in CLASSES:
+                    for metric in ("Dice", "IoU", "HD95", "Sensitivity", "Accuracy"):
+                        cases = {r.case for r in rows if (r.trainer, r.fold, r.cls, r.metric, r.split, r.output)
+                                 == (t, str(fold), cls, metric, "validation", output)}
+                        assert cases == set(splits[fold]["val"]), (t, output, fold, cls, metric)
+            test_cases = {r.case for r in rows if r.trainer == t and r.split == "test" and r.output == output}
+            assert test_cases == {"tiny_006", "tiny_007"}, (t, output)
         assert {r.fold for r in rows if r.trainer == t and r.split == "test"} == {"ensemble"}
+        assert {r.output for r in rows if r.trainer == t} == set(OUTPUTS[t])
     assert {r.trainer for r in rows} == set(TRAINERS)
-    # one row per case × class × metric: no duplicates
-    keys = [(r.trainer, r.fold, r.cls, r.case, r.metric, r.split) for r in rows]
+    # one row per case × class × metric and output: no duplicates
+    keys = [(r.trainer, r.fold, r.cls, r.case, r.metric, r.split, r.output) for r in rows]
     assert len(keys) == len(set(keys))
 
 
 def test_csv_values_match_the_fold_summaries(bench):
+    """Baseline rows from validation/, HiDiff refined rows from validation_refined/ and segmentor rows from
+    validation_segmentor/ (the fold layout of nnunetv2_hidiff.training.fold_record)."""
     rows = read_csv(bench["out"] / "results.csv")
-    value = {(r.trainer, r.fold, r.cls, r.case, r.metric): r.value for r in rows if r.split == "validation"}
-    for t in TRAINERS:
+    value = {(r.trainer, r.output, r.fold, r.cls, r.case, r.metric): r.value for r in rows if r.split == "validation"}
+    for (t, output) in SUMMARY_FOLDER:
         for fold in (0, 1):
-            summary_file = bench["results"] / DATASET / f"{t}__nnUNetPlans__2d" / f"fold_{fold}" / "validation" / \
-                "summary.json"
-            summary = json.loads(summary_file.read_text())
+            summary = json.loads(_summary_file(bench, t, output, fold).read_text())
             assert "HD95" in summary["foreground_mean"]  # the benchmark makes sure every fold has our metrics
             for case in summary["metric_per_case"]:
                 cid = os.path.basename(case["reference_file"])[: -len(".nii.gz")]
                 for key, cls in (("1", "a"), ("2", "b")):
                     for metric in ("Dice", "HD95", "TP"):
                         expected = case["metrics"][key][metric]
-                        got = value[(t, str(fold), cls, cid, metric)]
+                        got = value[(t, output, str(fold), cls, cid, metric)]
                         assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-12)
+        assert _record(bench, t, 0)["kind"] == ("hidiff" if t == HIDIFF else "baseline")
 
 
 def test_summary_md_is_consistent_with_the_csv(bench):
@@ -130,10 +160,8 @@ def test_summary_md_is_consistent_with_the_csv(bench):
     seen = set()
     for trainer, cls, n_folds, dice, hd95, _ in table:
         if cls == "foreground":
-            per_class = [_fold_means(rows, trainer, m, c) for m in ("Dice",) for c in CLASSES]
-            dice_folds = [nan_mean([pc[f] for pc in per_class]) for f in ("0", "1")]
-            per_class = [_fold_means(rows, trainer, "HD95", c) for c in CLASSES]
-            hd_folds = [nan_mean([pc[f] for pc in per_class]) for f in ("0", "1")]
+            dice_folds = list(_fg_fold_means(rows, trainer, "Dice").values())
+            hd_folds = list(_fg_fold_means(rows, trainer, "HD95").values())
         else:
             dice_folds = list(_fold_means(rows, trainer, "Dice", cls).values())
             hd_folds = list(_fold_means(rows, trainer, "HD95", cls).values())
@@ -143,41 +171,89 @@ def test_summary_md_is_consistent_with_the_csv(bench):
         m, s = _mean_std(hd95)
         assert m == pytest.approx(nan_mean(hd_folds), abs=6e-4) and s == pytest.approx(nan_std(hd_folds), abs=6e-4)
         seen.add((trainer, cls))
-    assert seen == {(t, c) for t in TRAINERS for c in (*CLASSES, "foreground")}
+    assert seen == {(t, c) for t in SERIES for c in (*CLASSES, "foreground")}
     # per-fold table
-    for trainer, fold, n_cases, dice, hd95 in _table(md, "Trainer", after="Per fold"):
-        case_ids = {r.case for r in rows if r.trainer == trainer and r.fold == fold and r.split == "validation"}
+    for label, fold, n_cases, dice, hd95 in _table(md, "Trainer", after="Per fold"):
+        trainer, output = SERIES[label]
+        case_ids = {r.case for r in rows if (r.trainer, r.output, r.fold, r.split)
+                    == (trainer, output, fold, "validation")}
         assert int(n_cases) == len(case_ids)
-        fg = nan_mean([_fold_means(rows, trainer, "Dice", c)[fold] for c in CLASSES])
-        assert float(dice) == pytest.approx(fg, abs=6e-5)
-    # differences: Wilcoxon n = cases with both values finite, mean difference = HiDiff − baseline
+        assert float(dice) == pytest.approx(_fg_fold_means(rows, label, "Dice")[fold], abs=6e-5)
+    # differences: Wilcoxon n = cases with both values finite, mean difference = HiDiff (refined, and its segmentor
+    # alone) − baseline
     diffs = _table(md, "Comparison", after="## Differences")
-    assert len(diffs) == 2 * (len(CLASSES) + 1)
+    assert len(diffs) == 2 * 2 * (len(CLASSES) + 1)
     for comparison, cls, metric, n, mean_diff, _, n_folds, fold_diff, _ in diffs:
-        assert comparison == f"{HIDIFF} − {BASE}"
+        other = comparison[: -len(f" − {BASE}")]
+        assert comparison.endswith(f" − {BASE}") and other in (HIDIFF, ALONE)
         if cls == "foreground":
             continue
         ref = {(r.fold, r.case): r.value for r in rows
                if (r.trainer, r.cls, r.metric, r.split) == (BASE, cls, metric, "validation")}
         oth = {(r.fold, r.case): r.value for r in rows
-               if (r.trainer, r.cls, r.metric, r.split) == (HIDIFF, cls, metric, "validation")}
+               if (r.trainer, r.output, r.cls, r.metric, r.split) == (*SERIES[other], cls, metric, "validation")}
         pairs = [oth[k] - ref[k] for k in ref if k in oth and np.isfinite(ref[k]) and np.isfinite(oth[k])]
         assert int(n) == len(pairs) and n_folds == "2"
         if pairs:
             assert float(mean_diff) == pytest.approx(np.mean(pairs), abs=6e-5)
-        folds_diff = [(_fold_means(rows, HIDIFF, metric, cls)[f] - _fold_means(rows, BASE, metric, cls)[f])
+        folds_diff = [(_fold_means(rows, other, metric, cls)[f] - _fold_means(rows, BASE, metric, cls)[f])
                       for f in ("0", "1")]
         assert float(fold_diff) == pytest.approx(np.mean(folds_diff), abs=6e-5)
     # held-out test set: mean ± std over the test cases
-    for trainer, folds, cls, n_cases, dice, hd95, _ in _table(md, "Trainer", after="## Held-out test set"):
+    test_table = _table(md, "Trainer", after="## Held-out test set")
+    assert {row[0] for row in test_table} == set(SERIES)
+    for label, folds, cls, n_cases, dice, hd95, _ in test_table:
         assert folds == "0, 1" and n_cases == "2"
         if cls == "foreground":
             continue
-        values = [r.value for r in rows if (r.trainer, r.cls, r.metric, r.split) == (trainer, cls, "Dice", "test")]
+        values = [r.value for r in rows if (r.trainer, r.output, r.cls, r.metric, r.split)
+                  == (*SERIES[label], cls, "Dice", "test")]
         m, s = _mean_std(dice)
         assert m == pytest.approx(nan_mean(values), abs=6e-5) and s == pytest.approx(nan_std(values), abs=6e-5)
     assert "## Wall time" in md and "measured: folds 0, 1" in md
     assert "both empty" in md  # the empty-mask rules are summarised
+
+
+def test_refined_vs_segmentor_decision_and_speed_sections(bench):
+    """The HiDiff sections of summary.md against the CSV rows and the folds' hidiff_fold.json."""
+    rows = read_csv(bench["out"] / "results.csv")
+    md = (bench["out"] / "summary.md").read_text()
+    seg, ref = _fg_fold_means(rows, ALONE, "Dice"), _fg_fold_means(rows, HIDIFF, "Dice")
+    per_fold = _table(md, "Trainer", after="## Refined vs its own segmentor")
+    assert [(row[0], row[1]) for row in per_fold] == [(HIDIFF, "0"), (HIDIFF, "1")]
+    for _, fold, dice_seg, dice_ref, dice_diff, *_ in per_fold:
+        assert float(dice_seg) == pytest.approx(seg[fold], abs=6e-5)
+        assert float(dice_ref) == pytest.approx(ref[fold], abs=6e-5)
+        assert float(dice_diff) == pytest.approx(ref[fold] - seg[fold], abs=1.1e-4)
+    tests = {(row[1], row[2]): row for row in _table(md, "Trainer", after="Refined − segmentor over")}
+    assert set(tests) == {("validation", "Dice"), ("validation", "HD95"), ("test", "Dice"), ("test", "HD95")}
+    helped = sum(ref[f] - seg[f] > 1e-12 for f in ("0", "1"))
+    assert tests[("validation", "Dice")][3] == f"{helped} of 2 folds"
+    assert float(tests[("validation", "Dice")][8]) == pytest.approx(np.mean([ref[f] - seg[f] for f in ref]), abs=6e-5)
+    # the decision: each fold's record, and the validation result of what it chose
+    decisions = _table(md, "Trainer", after="## The decision")
+    assert [(row[0], row[1]) for row in decisions] == [(HIDIFF, "0"), (HIDIFF, "1")]
+    for _, fold, refine, steps, _, dice, _ in decisions:
+        decision = _record(bench, HIDIFF, fold)["decision"]
+        assert refine == ("yes" if decision["refine"] else "no") and steps.split()[0] == str(decision["steps"])
+        chosen = ref if decision["refine"] else seg
+        assert float(dice) == pytest.approx(chosen[fold], abs=6e-5)
+    # speed: from the records (median over folds) and the measured test predictions
+    speed = {(row[0], row[1]): row[2:] for row in _table(md, "Trainer", after="## Speed")}
+    assert set(speed) == {(BASE, "segmentor"), (HIDIFF, "refined"), (HIDIFF, "segmentor")}
+    for t in TRAINERS:
+        per_iteration = np.median([_record(bench, t, f)["seconds_per_iteration"] for f in (0, 1)])
+        assert speed[(t, OUTPUTS[t][0])][0] == fmt_speed(per_iteration)
+    for output in ("refined", "segmentor"):
+        per_case = np.median([_record(bench, HIDIFF, f)["validation"][output]["seconds_per_case"] for f in (0, 1)])
+        assert speed[(HIDIFF, output)][1] == fmt_speed(per_case)
+        marker = json.loads((bench["out"] / "test" / f"{HIDIFF}__{output}" / ".benchmark_prediction.json").read_text())
+        assert speed[(HIDIFF, output)][2] == fmt_speed(marker["seconds"] / 2)
+    assert speed[(BASE, "segmentor")][1] == "—"  # the Baseline validates once, unmeasured
+    assert speed[(BASE, "segmentor")][2] != "—"
+    # the Budget column: from the records
+    status = {row[0]: row[1] for row in _table(md, "Trainer", after="Reference trainer")}
+    assert status == {BASE: "1 epoch × 2 iterations", HIDIFF: "1 epoch × 2 iterations"}
 
 
 def test_small_object_table_matches_the_fold_summaries(bench):
@@ -185,12 +261,11 @@ def test_small_object_table_matches_the_fold_summaries(bench):
     md = (bench["out"] / "summary.md").read_text()
     table = _table(md, "Trainer", after="## Small objects")
     validation = [row for row in table if row[1] == "validation"]
-    assert {(row[0], row[2]) for row in validation} == {(t, c) for t in TRAINERS for c in (*CLASSES, "foreground")}
-    for trainer, _, cls, n_folds, units, dice, hd95, ratio, diff, _ in validation:
+    assert {(row[0], row[2]) for row in validation} == {(t, c) for t in SERIES for c in (*CLASSES, "foreground")}
+    for label, _, cls, n_folds, units, dice, hd95, ratio, diff, _ in validation:
         reports = []
         for fold in (0, 1):
-            summary_file = bench["results"] / DATASET / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}" / \
-                "validation" / "summary.json"
+            summary_file = _summary_file(bench, *SERIES[label], fold)
             reports.append(json.loads(summary_file.read_text())["hidiff_small_objects"])
         if cls == "foreground":
             dice_folds = [r["foreground_mean"]["Dice"] for r in reports]
@@ -202,7 +277,7 @@ def test_small_object_table_matches_the_fold_summaries(bench):
         assert n_folds == "2" and int(units) == n_units > 0
         m, s = _mean_std(dice)
         assert m == pytest.approx(nan_mean(dice_folds), abs=6e-5) and s == pytest.approx(nan_std(dice_folds), abs=6e-5)
-        assert (diff == "–") == (trainer == BASE)
+        assert (diff == "–") == (label == BASE)
     assert "slices whose reference size" in md
 
 
@@ -211,7 +286,9 @@ def test_png_logs_and_progress(bench):
     data = (out / "benchmark.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     logs = sorted(p.name for p in (out / "logs").iterdir())
-    assert len([n for n in logs if "__train__" in n]) == 4 and len([n for n in logs if "__predict__" in n]) == 2
+    assert len([n for n in logs if "__train__" in n]) == 4 and len([n for n in logs if "__predict__" in n]) == 3
+    assert len([n for n in logs if n.startswith(f"{HIDIFF}__test-refined__predict__")]) == 1
+    assert len([n for n in logs if n.startswith(f"{HIDIFF}__test-segmentor__predict__")]) == 1
     assert "nnUNetv2_train" in (out / "logs" / logs[0]).read_text().splitlines()[0]
     assert "Epoch 0" not in proc.stdout  # nnU-Net's output goes to the logs, not the terminal
     assert f"{HIDIFF} fold 1: train done" in proc.stdout
@@ -253,27 +330,29 @@ def test_test_fov_restricts_the_added_metrics(bench, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_csv(out / "results.csv")
     fov_rows = [r for r in rows if r.split == "test" and r.metric == "Dice_FOV"]
-    assert len(fov_rows) == 2 * 2 * 2  # trainers × cases × classes
+    assert len(fov_rows) == 3 * 2 * 2  # (baseline, HiDiff refined, its segmentor alone) × cases × classes
     md = (out / "summary.md").read_text()
     assert "FOV masks" in md and "| Dice_FOV |" in md
-    for trainer, _, cls, _, dice, _, _ in _table(md, "Trainer", after="## Held-out test set"):
+    for label, _, cls, _, dice, _, _ in _table(md, "Trainer", after="## Held-out test set"):
         if cls != "foreground":
-            values = [r.value for r in fov_rows if r.trainer == trainer and r.cls == cls]
+            values = [r.value for r in fov_rows if (r.trainer, r.output, r.cls) == (*SERIES[label], cls)]
             assert _mean_std(dice)[0] == pytest.approx(nan_mean(values), abs=6e-5)
 
 
 def test_test_folds_choose_the_ensemble(bench, tmp_path):
     """--test-folds 1: the test set is predicted again with fold 1 alone (the fold-0+1 predictions are not
-    reused), for both trainers, and summary.md names the fold; validation rows are unchanged."""
+    reused), for both trainers and both outputs of HiDiff, and summary.md names the fold; validation rows are
+    unchanged."""
     out = tmp_path / "bench_fold1"
     shutil.copytree(bench["out"], out)
     args = [a if a != bench["out"] else out for a in bench["args"]]
     proc = _run([*args, "--collect-only", "--test-folds", "1"], bench["env"])
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for t in TRAINERS:
-        assert f"{t}: test set predicted with folds [1] in" in proc.stdout
-        marker = json.loads((out / "test" / t / ".benchmark_prediction.json").read_text())
-        assert marker["inputs"]["folds"] == [1]
+    for name, folder, refine in ((BASE, BASE, None), (f"{HIDIFF} (refined)", f"{HIDIFF}__refined", "1"),
+                                 (f"{HIDIFF} (segmentor)", f"{HIDIFF}__segmentor", "0")):
+        assert f"{name}: test set predicted with folds [1] in" in proc.stdout
+        marker = json.loads((out / "test" / folder / ".benchmark_prediction.json").read_text())
+        assert marker["inputs"]["folds"] == [1] and marker["inputs"].get("nnUNet_HiDiff_refine") == refine
     md = (out / "summary.md").read_text()
     assert {row[1] for row in _table(md, "Trainer", after="## Held-out test set")} == {"1"}
     valid = [r for r in read_csv(out / "results.csv") if r.split == "validation"]

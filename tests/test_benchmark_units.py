@@ -1,5 +1,6 @@
 """Benchmark pieces without training: paired-test rules, budgets, fold states, CSV format, CLI input errors."""
 import csv
+import json
 import math
 import os
 from pathlib import Path
@@ -8,8 +9,8 @@ import pytest
 import torch
 
 from nnunetv2_hidiff.benchmark import cli
-from nnunetv2_hidiff.benchmark.budget import (BenchmarkError, Budget, check_equal_budgets, find_trainer_class,
-                                              resolve_trainers, trainer_budget)
+from nnunetv2_hidiff.benchmark.budget import (FROM_CLASS, FROM_RECORDS, BenchmarkError, Budget, check_equal_budgets,
+                                              find_trainer_class, records_budget, resolve_trainers, trainer_budget)
 from nnunetv2_hidiff.benchmark.collect import (CSV_COLUMNS, Row, collect_summary, csv_text, format_value,
                                                label_names, read_csv, sort_rows, write_csv)
 from nnunetv2_hidiff.benchmark.report import (FOREGROUND, ReportInput, describe_warm_start, fold_means,
@@ -60,14 +61,66 @@ def test_nan_mean_and_std():
 
 
 # ---------------------------------------------------------------- budgets
-@pytest.mark.parametrize("name, expected", [
-    ("nnUNetTrainerBaseline_smoke", (1, 2)), ("nnUNetTrainerHiDiff_smoke", (1, 2)),
-    ("nnUNetTrainerBaseline_5epochs", (5, 250)), ("nnUNetTrainerHiDiff_50epochs", (50, 250)),
-    ("nnUNetTrainerHiDiff_real_5epochs", (5, 250)), ("nnUNetTrainerHiDiff", (1000, 250)),
-    ("nnUNetTrainer", (1000, 250)), ("nnUNetTrainer_5epochs", (5, 250)),
+@pytest.mark.parametrize("name, expected, val_iterations, warmup", [
+    ("nnUNetTrainerBaseline_smoke", (1, 2), 1, None), ("nnUNetTrainerHiDiff_smoke", (1, 2), 1, 0),
+    ("nnUNetTrainerBaseline_5epochs", (5, 250), 50, None), ("nnUNetTrainerHiDiff_50epochs", (50, 250), 50, 8),
+    ("nnUNetTrainerHiDiff_real_5epochs", (5, 250), 50, 1), ("nnUNetTrainerHiDiff", (1000, 250), 50, 160),
+    ("nnUNetTrainerHiDiff_demo", (4, 25), 5, 1), ("nnUNetTrainerBaseline_cpu400", (16, 25), 5, None),
+    ("nnUNetTrainer", (1000, 250), 50, None),
 ])
-def test_trainer_budgets_are_read_without_instantiating(name, expected):
-    assert trainer_budget(find_trainer_class(name)) == Budget(*expected)
+def test_budgets_of_our_trainers_come_from_class_attributes(name, expected, val_iterations, warmup):
+    budget = trainer_budget(find_trainer_class(name))
+    assert budget == Budget(*expected) and budget.known and budget.source == FROM_CLASS
+    assert (budget.val_iterations_per_epoch, budget.warmup_epochs) == (val_iterations, warmup)
+
+
+def test_budget_string():
+    assert str(Budget(5, 250)) == "5 epochs × 250 iterations"
+    assert str(Budget(1, 1, warmup_epochs=0)) == "1 epoch × 1 iteration"
+    assert str(Budget(50, 250, warmup_epochs=8)) == "50 epochs × 250 iterations (8 warm-up epochs)"
+    assert str(Budget(None, 250)) == "? epochs × 250 iterations"
+
+
+def test_foreign_trainers_have_unknown_budgets_until_their_records_say(tmp_path):
+    """nnU-Net's variants and user trainers: no source is read, so nothing is known without fold records."""
+    assert not trainer_budget(find_trainer_class("nnUNetTrainer_5epochs")).known
+    (tmp_path / "mine.py").write_text(
+        "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n\n\n"
+        "class nnUNetTrainerMine_7(nnUNetTrainer):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "        self.num_epochs = 7\n")
+    mine = find_trainer_class("nnUNetTrainerMine_7", str(tmp_path))
+    assert trainer_budget(mine) == Budget(None, None) and not trainer_budget(mine).known
+    record = {"kind": "baseline", "budget": {"epochs": 7, "iterations_per_epoch": 250,
+                                             "val_iterations_per_epoch": 50, "warmup_epochs": 0, "batch_size": 2}}
+    budget = trainer_budget(mine, {0: record, 1: None})
+    assert budget == Budget(7, 250) and budget.source == FROM_RECORDS and budget.val_iterations_per_epoch == 50
+
+
+def test_budgets_from_fold_records():
+    def rec(epochs, iterations=25, warmup=0):
+        return {"budget": {"epochs": epochs, "iterations_per_epoch": iterations, "val_iterations_per_epoch": 5,
+                           "warmup_epochs": warmup, "batch_size": 32}}
+
+    hidiff = find_trainer_class("nnUNetTrainerHiDiff_cpuBench")  # class: 6 × 25, 1 warm-up epoch
+    assert trainer_budget(hidiff, {}) == Budget(6, 25) and trainer_budget(hidiff, {0: None}).source == FROM_CLASS
+    # the records win over the class attributes (they say what the folds were trained with), e.g. a warm start
+    warm = trainer_budget(hidiff, {0: rec(4), 1: rec(4), 2: {"kind": "hidiff"}})
+    assert warm == Budget(4, 25) and warm.warmup_epochs == 0 and str(warm) == "4 epochs × 25 iterations"
+    # warm-up epochs that differ between folds are not compared, and not shown
+    assert records_budget({0: rec(4, warmup=1), 1: rec(4, warmup=0)}) == Budget(4, 25)
+    assert records_budget({0: rec(4, warmup=1), 1: rec(4, warmup=0)}).warmup_epochs is None
+    disagree = records_budget({1: rec(6), 0: rec(4)})
+    assert not disagree.known
+    assert str(disagree) == ("? epochs × ? iterations (the fold records disagree: fold 0: 4 epochs × 25 iterations, "
+                             "fold 1: 6 epochs × 25 iterations)")
+    assert records_budget({0: None, 1: {"kind": "hidiff", "budget": "garbage"}}) is None
+    budgets = resolve_trainers(["nnUNetTrainerBaseline_cpuBench", "nnUNetTrainerHiDiff_cpuBench"],
+                               records={"nnUNetTrainerHiDiff_cpuBench": {0: rec(4)}})
+    assert budgets == {"nnUNetTrainerBaseline_cpuBench": Budget(6, 25), "nnUNetTrainerHiDiff_cpuBench": Budget(4, 25)}
+    with pytest.raises(BenchmarkError, match="different training budgets"):
+        check_equal_budgets(budgets)
 
 
 def test_budget_check():
@@ -80,16 +133,6 @@ def test_budget_check():
         resolve_trainers(["nnUNetTrainerDoesNotExist"])
     with pytest.raises(BenchmarkError, match="more than once"):
         resolve_trainers(["nnUNetTrainerHiDiff_smoke", "nnUNetTrainerHiDiff_smoke"])
-
-
-def test_budget_of_a_user_trainer_in_an_ext_folder(tmp_path):
-    (tmp_path / "mine.py").write_text(
-        "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n\n\n"
-        "class nnUNetTrainerMine_7(nnUNetTrainer):\n"
-        "    def __init__(self, *args, **kwargs):\n"
-        "        super().__init__(*args, **kwargs)\n"
-        "        self.num_epochs = 7\n")
-    assert trainer_budget(find_trainer_class("nnUNetTrainerMine_7", str(tmp_path))) == Budget(7, 250)
 
 
 # ---------------------------------------------------------------- runner
@@ -129,19 +172,21 @@ def test_a_fold_is_planned_again_just_before_it_runs(tmp_path):
     assert (again.trainer, again.fold, again.folder) == ("T", 1, fold)
 
 
-def test_warm_start_is_read_from_the_training_logs(tmp_path):
-    """The trainer's own log line (WARM_START_MESSAGE) in any of the fold's logs (a resumed run starts a new one)."""
-    from nnunetv2_hidiff.training.trainer import WARM_START_MESSAGE
-
+def test_warm_start_is_read_from_the_fold_record(tmp_path):
+    """The record's ``warm_start``; the training log is not read (the trainer's message there is for humans)."""
     fold = tmp_path / "fold_2"
     fold.mkdir()
-    assert warm_start_source(fold) is None
-    (fold / "training_log_2026_01_01_00_00_00.txt").write_text("2026-01-01 00:00:00.1: Epoch 0 \n")
-    assert warm_start_source(fold) is None
     path = "/r/Dataset9_X/nnUNetTrainerBaseline__P__2d/fold_2/checkpoint_final.pth"
     (fold / "training_log_2026_01_01_00_00_01.txt").write_text(
-        f"2026-01-01 00:00:01.5: {WARM_START_MESSAGE.format(path=path)} \n2026-01-01 00:00:02.0: Epoch 0 \n")
-    assert warm_start_source(fold) == path
+        f"2026-01-01 00:00:01.5: Loaded the whole segmentor from {path}: no segmentor warm-up. \n"
+        "2026-01-01 00:00:02.0: Epoch 0 \n")
+    assert warm_start_source(fold) is None  # no record
+    (fold / "hidiff_fold.json").write_text("{not json")
+    assert warm_start_source(fold) is None  # unreadable record
+    (fold / "hidiff_fold.json").write_text(json.dumps({"kind": "hidiff", "warm_start": None}))
+    assert warm_start_source(fold) is None  # from scratch
+    (fold / "hidiff_fold.json").write_text(json.dumps({"kind": "hidiff", "warm_start": "/seg/fold_2/final.pth"}))
+    assert warm_start_source(fold) == "/seg/fold_2/final.pth"
 
 
 def test_warm_start_in_the_budget_column():
@@ -197,18 +242,22 @@ def _summary():
 
 def test_collect_rows_and_csv_format(tmp_path):
     ds = {"labels": {"background": 0, "left": 1, "right": 2}, "file_ending": ".nii.gz"}
-    c = collect_summary(_summary(), "T", "0", "validation", ds)
-    assert len(c.rows) == 2 * 2 * 4 and c.nan_counts["right"]["n_both_empty"] == 1
+    c = collect_summary(_summary(), "T", "0", "validation", ds, output="refined")
+    assert len(c.rows) == 2 * 2 * 4 and c.nan_counts["right"]["n_both_empty"] == 1 and c.output == "refined"
     assert {r.case for r in c.rows} == {"c1", "c2"} and {r.cls for r in c.rows} == {"left", "right"}
-    write_csv(sort_rows(c.rows, ["T"]), tmp_path / "results.csv")
+    seg = collect_summary(_summary(), "T", "0", "validation", ds)  # plain trainers: the segmentor's output
+    assert {r.output for r in seg.rows} == {"segmentor"} and {r.output for r in c.rows} == {"refined"}
+    write_csv(sort_rows(seg.rows + c.rows, ["T"]), tmp_path / "results.csv")
     with open(tmp_path / "results.csv", newline="") as f:
         lines = list(csv.reader(f))
-    assert tuple(lines[0]) == CSV_COLUMNS
-    assert ["T", "0", "right", "c1", "Dice", "nan", "validation"] in lines  # NaN is written as "nan"
-    assert ["T", "0", "left", "c1", "TP", "3", "validation"] in lines  # integers stay integers
+    assert tuple(lines[0]) == CSV_COLUMNS and CSV_COLUMNS[-1] == "output"
+    assert ["T", "0", "right", "c1", "Dice", "nan", "validation", "refined"] in lines  # NaN is written as "nan"
+    assert ["T", "0", "left", "c1", "TP", "3", "validation", "segmentor"] in lines  # integers stay integers
+    assert [line[-1] for line in lines[1:]] == ["refined"] * 16 + ["segmentor"] * 16  # refined rows first
     back = read_csv(tmp_path / "results.csv")
-    assert len(back) == len(c.rows) and math.isnan(next(r.value for r in back if r.cls == "right"
-                                                        and r.case == "c1" and r.metric == "Dice"))
+    assert len(back) == 2 * len(c.rows) and math.isnan(next(r.value for r in back if r.cls == "right"
+                                                            and r.case == "c1" and r.metric == "Dice"))
+    assert sort_rows(back, ["T"]) == back and back[0].output == "refined"
     assert format_value(0.1) == "0.1" and format_value(NAN) == "nan"
     assert csv_text([]) == ",".join(CSV_COLUMNS) + "\n"
 
@@ -283,6 +332,23 @@ def test_small_object_section_aggregates_folds():
     assert "## Small objects" not in render_markdown(ReportInput(
         dataset="D", configuration="2d", plans="P", trainers=["A"], folds=[0], command="cmd", rows=_rows(),
         nan_counts={}))
+
+
+def test_nan_ratio_and_small_objects_per_output_of_a_hidiff_trainer():
+    """Counts keyed (trainer, split, fold, output) land in the row of that output ("…, its segmentor alone")."""
+    rows = [Row("H", "0", "x", c, "Dice", d, "validation", o)
+            for o, d in (("refined", 0.7), ("segmentor", 0.6)) for c in ("c1", "c2")]
+    nan_counts = {("H", "validation", "0", "refined"): {"x": {"n": 2, "n_both_empty": 0, "n_hd95_undefined": 1}},
+                  ("H", "validation", "0", "segmentor"): {"x": {"n": 2, "n_both_empty": 0, "n_hd95_undefined": 0}}}
+    small = {("H", "validation", "0", "refined"): {"x": {"Dice": 0.2, "HD95": 2.0, "n_units": 4}},
+             ("H", "validation", "0", "segmentor"): {"x": {"Dice": 0.6, "HD95": 3.0, "n_units": 4}}}
+    md = render_markdown(ReportInput(dataset="D", configuration="2d", plans="P", trainers=["H"], folds=[0],
+                                     command="cmd", rows=rows, nan_counts=nan_counts, small_objects=small,
+                                     small_definition="slices < 500"))
+    assert "| H | x | 1 | 0.7000 ± n/a | n/a ± n/a | 0.500 (1/2) |" in md
+    assert "| H, its segmentor alone | x | 1 | 0.6000 ± n/a | n/a ± n/a | 0.000 (0/2) |" in md
+    assert "| H | validation | x | 1 | 4 | 0.2000 ± n/a | 2.000 ± n/a | 0.000 (0/4) | – | – |" in md
+    assert "| H, its segmentor alone | validation | x | 1 | 4 | 0.6000 ± n/a | 3.000 ± n/a | 0.000 (0/4) |" in md
 
 
 # ---------------------------------------------------------------- CLI input errors (exit 2, nothing trained)

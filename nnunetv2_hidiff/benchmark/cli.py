@@ -7,11 +7,19 @@ trained twice),
 collects every fold's validation metrics (adding HD95 etc. to summaries that lack them), optionally predicts a
 held-out test set with each trainer's fold ensemble (``--test-folds``), and writes into one folder:
 
-* ``results.csv``: trainer, fold, class, case, metric, value, split (long format, see collect.py);
-* ``summary.md``: mean ± std over folds per trainer and class, paired tests, wall time, the command line;
-* ``benchmark.png``: per-fold Dice and HD95, trainers side by side;
+* ``results.csv``: trainer, fold, class, case, metric, value, split, output (long format, see collect.py);
+* ``summary.md``: mean ± std over folds per trainer and class (HiDiff trainers: refined, and their segmentor
+  alone), paired tests, refined vs segmentor per HiDiff trainer, the folds' refine decisions and the as-decided
+  result, speed, wall time, the command line;
+* ``benchmark.png``: per-fold Dice and HD95, trainers (and HiDiff segmentors alone) side by side;
 * ``logs/``: one log file per nnU-Net subprocess; ``timings.json``: measured training times; ``test/``: test-set
-  predictions (reused while the folds and images are unchanged).
+  predictions (reused while the folds and images are unchanged): ``test/<trainer>`` for plain trainers,
+  ``test/<trainer>__refined`` and ``test/<trainer>__segmentor`` for HiDiff trainers, predicted with
+  ``nnUNet_HiDiff_refine=1`` and ``=0``.
+
+A HiDiff fold (see nnunetv2_hidiff.training.fold_record) contributes its ``validation_refined/`` and
+``validation_segmentor/`` summaries; budgets, warm starts, decisions and speeds come from the folds'
+``hidiff_fold.json`` records.
 
 Exit status: 0 = everything ran and was collected; 1 = some training/prediction/evaluation failed (the results of
 the rest are still written; the messages name the log files); 2 = bad input (unknown dataset or trainer,
@@ -30,15 +38,15 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .budget import BenchmarkError, check_equal_budgets, resolve_trainers
-from .collect import (ENSEMBLE, TEST, VALIDATION, Collected, collect_summary, has_hidiff_metrics, load_summary,
-                      sort_rows, write_csv)
-from .report import ReportInput, write_figure, write_markdown
-from .runner import (COMPLETE, Job, JobResult, TimingStore, checkpoint_id, cli_path, fold_folder,
+from .collect import (ENSEMBLE, REFINED, SEGMENTOR, TEST, VALIDATION, Collected, collect_summary,
+                      has_hidiff_metrics, is_hidiff, load_summary, sort_rows, write_csv)
+from .report import Prediction, ReportInput, write_figure, write_markdown
+from .runner import (COMPLETE, Job, JobResult, TimingStore, checkpoint_id, cli_path, fold_folder, fold_records,
                      fold_state, fold_wall_time, log_name, refreshed, run_logged, subprocess_env, train_command,
-                     trainers_dir, warm_start_source)
+                     trainers_dir, validation_outputs, warm_start_source)
 
 PROG = "nnunetv2_hidiff_benchmark"
 DEFAULT_TRAINERS = ["nnUNetTrainerBaseline_5epochs", "nnUNetTrainerHiDiff_5epochs"]
@@ -157,9 +165,25 @@ def _test_cases(images: Path, file_ending: str) -> List[str]:
     return sorted(p.name[: -len(suffix)] for p in images.iterdir() if p.name.endswith(suffix))
 
 
+def test_outputs(hidiff: bool) -> List[Tuple[str, Optional[str]]]:
+    """(output, value of nnUNet_HiDiff_refine) per test-set prediction of a trainer: HiDiff trainers predict
+    refined (``1``) and with the segmentor alone (``0``); the others once, without the variable."""
+    return [(REFINED, "1"), (SEGMENTOR, "0")] if hidiff else [(SEGMENTOR, None)]
+
+
+def test_prediction_dir(out: Path, trainer: str, refine: Optional[str]) -> Path:
+    """``test/<trainer>`` (plain trainers), ``test/<trainer>__refined`` / ``__segmentor`` (HiDiff)."""
+    if refine is None:
+        return out / "test" / trainer
+    return out / "test" / f"{trainer}__{REFINED if refine == '1' else SEGMENTOR}"
+
+
 def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, folds: List[int], out_dir: Path,
-                  logs: Path, env: Dict[str, str], n_proc: int, file_ending: str) -> tuple:
-    """Predict (or reuse) the test set with the ensemble of ``folds``; returns (ok, seconds or None, log or None)."""
+                  logs: Path, env: Dict[str, str], n_proc: int, file_ending: str,
+                  refine: Optional[str] = None) -> tuple:
+    """Predict (or reuse) the test set with the ensemble of ``folds`` (``refine``: the value of
+    nnUNet_HiDiff_refine, None to leave the environment as it is); returns (ok, seconds or None, log or None,
+    number of cases). The seconds of a reused prediction are those measured when it was made."""
     images = Path(args.test_images).resolve()
     cases = _test_cases(images, file_ending)
     if not cases:
@@ -168,6 +192,9 @@ def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, fold
         "images": str(images), "cases": cases, "folds": folds, "disable_tta": bool(args.disable_tta),
         "checkpoints": {str(f): checkpoint_id(fold_folder(trainer_dir, f)) for f in folds},
     }
+    if refine is not None:
+        expected["nnUNet_HiDiff_refine"] = refine
+        env = dict(env, nnUNet_HiDiff_refine=refine)
     marker = out_dir / ".benchmark_prediction.json"
     if marker.is_file() and all((out_dir / (c + file_ending)).is_file() for c in cases):
         try:
@@ -175,7 +202,7 @@ def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, fold
         except ValueError:
             previous = None
         if previous and previous.get("inputs") == expected:
-            return True, previous.get("seconds"), None
+            return True, previous.get("seconds"), None, len(cases)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -184,14 +211,15 @@ def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, fold
            "-device", args.device, "-npp", str(n_proc), "-nps", str(n_proc)]
     if args.disable_tta:
         cmd.append("--disable_tta")
-    log = logs / log_name(trainer, "test", "predict")
+    label = "test" if refine is None else f"test-{REFINED if refine == '1' else SEGMENTOR}"
+    log = logs / log_name(trainer, label, "predict")
     rc, seconds = run_logged(cmd, env, log)
     if rc != 0 or not all((out_dir / (c + file_ending)).is_file() for c in cases):
-        return False, seconds, log
+        return False, seconds, log, len(cases)
     from nnunetv2_hidiff.atomic import atomic_write_text
 
     atomic_write_text(marker, json.dumps({"inputs": expected, "seconds": seconds}, indent=2) + "\n")
-    return True, seconds, log
+    return True, seconds, log, len(cases)
 
 
 def ensemble_folds(complete: Sequence[int], requested: Optional[Sequence[int]]) -> List[int]:
@@ -200,6 +228,59 @@ def ensemble_folds(complete: Sequence[int], requested: Optional[Sequence[int]]) 
     if requested is None:
         return sorted(complete)
     return sorted(set(requested)) if set(requested) <= set(complete) else []
+
+
+def _add_hidiff_metrics(fold: Path, prediction_folder: Path, n_proc: int) -> None:
+    """Extend a validation output's summary.json with HD95 & co. (nnU-Net's fold layout: that fold's cases
+    against ``$nnUNet_preprocessed/<dataset>/gt_segmentations``). Raises EvaluationError."""
+    from nnunetv2_hidiff.evaluation.folder import EvaluationError, evaluate_fold, evaluate_folder
+
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints its reader/writer choice
+        if prediction_folder.name == "validation":
+            evaluate_fold(str(fold), num_processes=n_proc, chill=True)
+            return
+        trainer_dir = fold.parent
+        pre = os.environ.get("nnUNet_preprocessed")
+        if not pre:
+            raise EvaluationError("nnUNet_preprocessed is not set; it is needed to find gt_segmentations")
+        try:
+            dataset = json.loads((trainer_dir / "plans.json").read_text())["dataset_name"]
+        except (OSError, ValueError, KeyError) as e:
+            raise EvaluationError(f"{trainer_dir / 'plans.json'}: cannot read the dataset name ({e})") from None
+        evaluate_folder(str(Path(pre) / dataset / "gt_segmentations"), str(prediction_folder),
+                        str(trainer_dir / "dataset.json"), str(trainer_dir / "plans.json"),
+                        num_processes=n_proc, chill=True)
+
+
+def _collect_fold(j: Job, hidiff: bool, record: Optional[dict], dataset_json: dict, n_proc: int,
+                  problems: List[str]) -> List[Collected]:
+    """The validation rows of a complete fold, one Collected per output (HiDiff: refined and segmentor)."""
+    from nnunetv2_hidiff.evaluation.folder import EvaluationError
+    from nnunetv2_hidiff.training.fold_record import OUTPUT_FOLDERS
+
+    outputs = validation_outputs(j.folder, hidiff)
+    if hidiff and (record or {}).get("kind") == "hidiff":
+        found = {f.parent.name for _, f in outputs}
+        for output, folder in OUTPUT_FOLDERS.items():
+            if folder not in found:
+                problems.append(f"{j.trainer} fold {j.fold}: {j.folder / folder / 'summary.json'} missing, so "
+                                f"no {output} rows (validate the fold again: nnUNetv2_train ... --val)")
+    out = []
+    for output, summary_file in outputs:
+        summary = load_summary(summary_file)
+        if not has_hidiff_metrics(summary):
+            try:
+                _add_hidiff_metrics(j.folder, summary_file.parent, n_proc)
+                summary = load_summary(summary_file)
+                _status(f"{j.trainer} fold {j.fold}: HD95 etc. added to {summary_file}")
+            except EvaluationError as e:
+                problems.append(f"{j.trainer} fold {j.fold}: could not add HD95 etc. to {summary_file}: {e}")
+        out.append(collect_summary(summary, j.trainer, str(j.fold), VALIDATION, dataset_json, output))
+    return out
+
+
+def _trainers_hidiff(trainers: Sequence[str], records: Dict[str, Dict[int, Optional[dict]]]) -> Dict[str, bool]:
+    return {t: is_hidiff(t, records.get(t, {}).values()) for t in trainers}
 
 
 # ---------------------------------------------------------------- main
@@ -216,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(args, command: str) -> int:
     from tqdm import tqdm
 
-    from nnunetv2_hidiff.evaluation.folder import EvaluationError, evaluate_fold, evaluate_folder
+    from nnunetv2_hidiff.evaluation.folder import EvaluationError, evaluate_folder
 
     if not os.environ.get("nnUNet_results"):
         raise BenchmarkError("nnUNet_results is not set")
@@ -229,7 +310,9 @@ def _run(args, command: str) -> int:
                                                                args.configuration)
     ours = trainers_dir(out / ".ext_trainers")
     env = subprocess_env(ours)
-    budgets = resolve_trainers(args.trainers, env["nnUNet_extTrainer"])
+    trainer_dirs = {t: results / dataset_name / f"{t}__{args.plans}__{args.configuration}" for t in args.trainers}
+    records = {t: fold_records(trainer_dirs[t], folds) for t in args.trainers}
+    budgets = resolve_trainers(args.trainers, env["nnUNet_extTrainer"], records)
     if not args.allow_unequal_budgets:
         check_equal_budgets(budgets)
     _check_test_args(args)
@@ -237,7 +320,6 @@ def _run(args, command: str) -> int:
         _check_preprocessed(dataset_name, args.plans, args.configuration)
     n_proc = args.num_processes or int(os.environ.get("nnUNet_def_n_proc", "2") or 2)
 
-    trainer_dirs = {t: results / dataset_name / f"{t}__{args.plans}__{args.configuration}" for t in args.trainers}
     jobs = [Job(t, f, fold_folder(trainer_dirs[t], f), fold_state(fold_folder(trainer_dirs[t], f)))
             for t in args.trainers for f in folds]
     if args.collect_only and not any(j.state == COMPLETE for j in jobs):
@@ -253,7 +335,8 @@ def _run(args, command: str) -> int:
             _status(f"{j.trainer} fold {j.fold}: complete, collecting")
         elif args.collect_only:
             _status(f"{j.trainer} fold {j.fold}: {j.state.replace('_', ' ')}, reported as missing (--collect-only)")
-    n_test = len(args.trainers) if args.test_images else 0
+    hidiff = _trainers_hidiff(args.trainers, records)  # again after training: new folds bring records
+    n_test = sum(len(test_outputs(hidiff[t])) for t in args.trainers) if args.test_images else 0
     if to_run:
         _status(f"{len(to_run)} nnUNetv2_train run(s) needed: "
                 + ", ".join(f"{j.action} {j.trainer} fold {j.fold}" for j in to_run) + f"; logs in {logs}")
@@ -279,7 +362,8 @@ def _run(args, command: str) -> int:
                     timings.save()
                 _status(f"{j.trainer} fold {j.fold}: {j.action} done in {seconds:.0f} s (log: {log})")
             else:
-                why = f"exit code {rc}" if rc != 0 else "finished without checkpoint_final.pth + validation/summary.json"
+                why = (f"exit code {rc}" if rc != 0
+                       else "finished without checkpoint_final.pth + validation/summary.json")
                 msg = f"{j.trainer} fold {j.fold}: {j.action} FAILED ({why}); see {log}"
                 problems.append(msg)
                 _status(msg)
@@ -291,25 +375,17 @@ def _run(args, command: str) -> int:
         wall: Dict[str, list] = {t: [] for t in args.trainers}
         complete_folds: Dict[str, List[int]] = {t: [] for t in args.trainers}
         warm_starts: Dict[str, Dict[int, str]] = {}
+        records = {t: fold_records(trainer_dirs[t], folds) for t in args.trainers}
+        hidiff = _trainers_hidiff(args.trainers, records)
         for j in jobs:
             state = fold_state(j.folder)
             if state != COMPLETE:
                 missing[j.trainer].append(f"{j.fold} ({state.replace('_', ' ')})")
                 continue
-            summary_file = j.folder / "validation" / "summary.json"
-            summary = load_summary(summary_file)
-            if not has_hidiff_metrics(summary):
-                try:
-                    # a fold's validation folder holds only that fold's cases, gt_segmentations all of them
-                    with contextlib.redirect_stdout(io.StringIO()):
-                        evaluate_fold(str(j.folder), num_processes=n_proc, chill=True)
-                    summary = load_summary(summary_file)
-                    _status(f"{j.trainer} fold {j.fold}: HD95 etc. added to {summary_file}")
-                except EvaluationError as e:
-                    problems.append(f"{j.trainer} fold {j.fold}: could not add HD95 etc. to {summary_file}: {e}")
             if dataset_json is None:
                 dataset_json = json.loads((trainer_dirs[j.trainer] / "dataset.json").read_text())
-            collected.append(collect_summary(summary, j.trainer, str(j.fold), VALIDATION, dataset_json))
+            collected += _collect_fold(j, hidiff[j.trainer], records[j.trainer][j.fold], dataset_json, n_proc,
+                                       problems)
             complete_folds[j.trainer].append(j.fold)
             source = warm_start_source(j.folder)
             if source:
@@ -319,58 +395,64 @@ def _run(args, command: str) -> int:
             raise BenchmarkError("no fold could be collected (all runs failed?); see the messages above")
 
         # ---- held-out test set
-        test_seconds: Dict[str, Optional[float]] = {}
+        test_predictions: Dict[Tuple[str, str], Prediction] = {}
         test_folds: Dict[str, List[int]] = {}
         if args.test_images:
             file_ending = dataset_json["file_ending"]
             for t in args.trainers:
-                bar.set_postfix_str(f"test {t}")
+                outputs = test_outputs(hidiff[t])
                 ensemble = ensemble_folds(complete_folds[t], args.test_folds)
                 if not ensemble:
                     incomplete = sorted(set(args.test_folds or []) - set(complete_folds[t]))
                     problems.append(f"{t}: no test-set prediction: " + (
                         f"--test-folds {' '.join(map(str, incomplete))} not complete" if incomplete
                         else "no complete fold"))
-                    bar.update(1)
+                    bar.update(len(outputs))
                     continue
                 test_folds[t] = ensemble
-                pred_dir = out / "test" / t
-                ok, seconds, log = _predict_test(args, dataset_name, t, trainer_dirs[t], ensemble, pred_dir,
-                                                 logs, env, n_proc, file_ending)
-                test_seconds[t] = seconds
-                bar.update(1)
-                if not ok:
-                    msg = f"{t}: test-set prediction FAILED; see {log}"
-                    problems.append(msg)
-                    _status(msg)
-                    continue
-                _status(f"{t}: test set predicted with folds {ensemble}"
-                        + (f" in {seconds:.0f} s (log: {log})" if log else " (reused)"))
-                try:
-                    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints its reader/writer choice
-                        evaluate_folder(args.test_labels, str(pred_dir), str(trainer_dirs[t] / "dataset.json"),
-                                        str(trainer_dirs[t] / "plans.json"), fov_folder=args.test_fov,
-                                        num_processes=n_proc)
-                except EvaluationError as e:
-                    problems.append(f"{t}: test-set evaluation failed: {e}")
-                    continue
-                summary = load_summary(pred_dir / "summary.json")  # the JSON form (string label keys)
-                collected.append(collect_summary(summary, t, ENSEMBLE, TEST, dataset_json))
+                for output, refine in outputs:
+                    name = t if refine is None else f"{t} ({output})"
+                    bar.set_postfix_str(f"test {name}")
+                    pred_dir = test_prediction_dir(out, t, refine)
+                    ok, seconds, log, n_cases = _predict_test(args, dataset_name, t, trainer_dirs[t], ensemble,
+                                                              pred_dir, logs, env, n_proc, file_ending, refine)
+                    test_predictions[(t, output)] = Prediction(seconds, n_cases)
+                    bar.update(1)
+                    if not ok:
+                        msg = f"{name}: test-set prediction FAILED; see {log}"
+                        problems.append(msg)
+                        _status(msg)
+                        continue
+                    _status(f"{name}: test set predicted with folds {ensemble}"
+                            + (f" in {seconds:.0f} s (log: {log})" if log else " (reused)"))
+                    try:
+                        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints its reader/writer choice
+                            evaluate_folder(args.test_labels, str(pred_dir), str(trainer_dirs[t] / "dataset.json"),
+                                            str(trainer_dirs[t] / "plans.json"), fov_folder=args.test_fov,
+                                            num_processes=n_proc)
+                    except EvaluationError as e:
+                        problems.append(f"{name}: test-set evaluation failed: {e}")
+                        continue
+                    summary = load_summary(pred_dir / "summary.json")  # the JSON form (string label keys)
+                    collected.append(collect_summary(summary, t, ENSEMBLE, TEST, dataset_json, output))
     finally:
         bar.close()
 
     # ---- write
     rows = sort_rows([r for c in collected for r in c.rows], args.trainers)
+    budgets = resolve_trainers(args.trainers, env["nnUNet_extTrainer"], records)  # now with the new folds' records
     report = ReportInput(
         dataset=dataset_name, configuration=args.configuration, plans=args.plans, trainers=list(args.trainers),
         folds=folds, command=command, rows=rows,
-        nan_counts={(c.trainer, c.split, c.fold): c.nan_counts for c in collected},
-        small_objects={(c.trainer, c.split, c.fold): c.small_objects for c in collected if c.small_objects},
+        nan_counts={(c.trainer, c.split, c.fold, c.output): c.nan_counts for c in collected},
+        small_objects={(c.trainer, c.split, c.fold, c.output): c.small_objects for c in collected
+                       if c.small_objects},
         small_definition=next((c.small_definition for c in collected if c.small_definition), ""),
         budgets={t: str(b) for t, b in budgets.items()}, warm_starts=warm_starts, wall_times=wall,
-        test_seconds=test_seconds, test_folds=test_folds,
+        test_predictions=test_predictions, test_folds=test_folds,
         test_fov=args.test_fov, test_images=args.test_images, missing=missing, problems=problems,
-        generated=time.strftime("%Y-%m-%d %H:%M:%S"))
+        generated=time.strftime("%Y-%m-%d %H:%M:%S"), hidiff=[t for t in args.trainers if hidiff[t]],
+        records={t: {str(f): records[t][f] for f in complete_folds[t] if records[t][f]} for t in args.trainers})
     write_csv(rows, out / "results.csv")
     write_markdown(report, out / "summary.md")
     write_figure(report, out / "benchmark.png")

@@ -1,4 +1,10 @@
-"""summary.md and benchmark.png from the collected rows (everything shown is recomputed from results.csv's rows).
+"""summary.md and benchmark.png from the collected rows (every metric shown is recomputed from results.csv's rows;
+decisions, warm starts and speeds come from the folds' ``hidiff_fold.json`` records and the measured predictions).
+
+Series: every trainer is one series with its primary output (HiDiff: ``refined``; others: ``segmentor``); each
+HiDiff trainer adds the series "<trainer>, its segmentor alone" (its ``segmentor`` rows). The tables of the
+cross-validation, the differences, the test set, the small objects and the figure are computed per series
+(:func:`series_view`).
 
 Aggregation (the same rules in the markdown's "How to read this"):
 
@@ -14,23 +20,26 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass, field
+import statistics
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunetv2_hidiff.atomic import atomic_write_bytes, atomic_write_text
 
-from .collect import FOREGROUND, TEST, VALIDATION, Row
+from .collect import FOREGROUND, REFINED, SEGMENTOR, TEST, VALIDATION, Row, primary_output
 from .small_objects import SmallObjects, small_counts, small_fold_values
-from .stats import PairedResult, nan_mean, nan_std, ttest_paired, wilcoxon_paired
+from .stats import PairedResult, nan_mean, nan_std, paired_differences, ttest_paired, wilcoxon_paired
 
 HD95 = "HD95"
 
 HOW_TO_READ = """\
 - **Dice** (higher is better) and **HD95** (95th-percentile Hausdorff distance in physical units, i.e. the image
-  spacing, usually mm; lower is better) come from `validation/summary.json` of each fold, extended by
-  `nnunetv2_hidiff.evaluation` (nnU-Net's own keys are unchanged). Every number here can be recomputed from
-  `results.csv`.
+  spacing, usually mm; lower is better) come from each fold's `validation/summary.json` (plain nnU-Net and
+  Baseline trainers) or, for HiDiff trainers, `validation_refined/summary.json` (refinement on: the row of the
+  trainer itself) and `validation_segmentor/summary.json` (the row "…, its segmentor alone"; `validation/` of an
+  older HiDiff fold counts as refined), all extended by `nnunetv2_hidiff.evaluation` (nnU-Net's own keys are
+  unchanged). Every metric here can be recomputed from `results.csv` (column `output`: refined or segmentor).
 - **Per-fold mean**: NaN-ignoring mean over the fold's validation cases. **mean ± std**: over folds of the per-fold
   means (sample std, ddof = 1; "n/a" with one fold). **foreground**: NaN-ignoring mean over the classes.
 - **Empty masks** (per case and class): reference and prediction both empty → Dice, IoU, HD95 are NaN (nothing to
@@ -43,7 +52,24 @@ HOW_TO_READ = """\
   Paired t-test (scipy.stats.ttest_rel, two-sided) over the per-fold means, folds paired. "n/a": fewer than 2
   pairs, all differences 0, or constant differences. p-values are not corrected for multiple comparisons; with
   few folds/cases they are weak evidence either way.
+- **Refined vs its own segmentor**: the same tests with the differences refined − segmentor of one HiDiff model
+  (positive Dice / negative HD95 difference = refinement helped). **As decided**: per fold the output the fold's
+  decision (`hidiff_fold.json`) picks for prediction; without a decision, refined.
+- **Speed**: seconds per training iteration and per validation case from the folds' `hidiff_fold.json` (median over
+  the folds that have one; "—" where unknown); seconds per test case = wall time of the `nnUNetv2_predict` run
+  (start-up and the fold ensemble included) / test cases.
 """
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One measured test-set prediction run: wall seconds (None if unknown) for ``cases`` cases."""
+    seconds: Optional[float]
+    cases: int
+
+    @property
+    def seconds_per_case(self) -> Optional[float]:
+        return self.seconds / self.cases if self.seconds is not None and self.cases else None
 
 
 @dataclass
@@ -55,23 +81,55 @@ class ReportInput:
     folds: List[int]
     command: str
     rows: List[Row]
-    nan_counts: Dict[Tuple[str, str, str], Dict[str, dict]]  # (trainer, split, fold) -> class -> counts
+    # (trainer, split, fold, output) -> class -> counts; a 3-tuple key counts as the trainer's primary output
+    nan_counts: Dict[Tuple[str, ...], Dict[str, dict]]
     budgets: Dict[str, str] = field(default_factory=dict)
     warm_starts: Dict[str, Dict[int, str]] = field(default_factory=dict)  # trainer -> fold -> segmentor checkpoint
     wall_times: Dict[str, List[Tuple[int, Optional[float], str]]] = field(default_factory=dict)
-    test_seconds: Dict[str, Optional[float]] = field(default_factory=dict)
+    test_predictions: Dict[Tuple[str, str], Prediction] = field(default_factory=dict)  # (trainer, output) -> run
     test_folds: Dict[str, List[int]] = field(default_factory=dict)
     test_fov: Optional[str] = None
     test_images: Optional[str] = None
     missing: Dict[str, List[str]] = field(default_factory=dict)  # trainer -> ["2 (interrupted)", ...]
     problems: List[str] = field(default_factory=list)
-    small_objects: SmallObjects = field(default_factory=dict)  # (trainer, split, fold) -> class -> report
+    small_objects: SmallObjects = field(default_factory=dict)  # keyed like nan_counts -> class -> report
     small_definition: str = ""
     generated: str = ""
+    hidiff: List[str] = field(default_factory=list)  # HiDiff trainers (also: any trainer with refined rows)
+    records: Dict[str, Dict[str, dict]] = field(default_factory=dict)  # trainer -> fold -> hidiff_fold.json
 
     @property
     def reference(self) -> str:
         return self.trainers[0]
+
+    def hidiff_trainers(self) -> List[str]:
+        refined = {r.trainer for r in self.rows if r.output == REFINED}
+        return [t for t in self.trainers if t in self.hidiff or t in refined]
+
+
+# ---------------------------------------------------------------- series
+def segmentor_label(trainer: str) -> str:
+    """The series of a HiDiff trainer's segmentor alone."""
+    return f"{trainer}, its segmentor alone"
+
+
+def series_view(inp: ReportInput) -> ReportInput:
+    """``inp`` with one "trainer" per series: the trainers (HiDiff: refined) and, after each HiDiff trainer, its
+    segmentor alone; rows, empty-mask counts, small objects and test folds relabelled accordingly."""
+    hidiff = set(inp.hidiff_trainers())
+    labels = [x for t in inp.trainers for x in ([t, segmentor_label(t)] if t in hidiff else [t])]
+
+    def label(trainer: str, output: Optional[str]) -> str:
+        out = output or primary_output(trainer, trainer in hidiff)
+        return segmentor_label(trainer) if trainer in hidiff and out == SEGMENTOR else trainer
+
+    def relabel_keys(data: Dict[Tuple[str, ...], Dict[str, dict]]) -> Dict[Tuple[str, ...], Dict[str, dict]]:
+        return {(label(k[0], k[3] if len(k) > 3 else None), *k[1:3]): v for k, v in data.items()}
+
+    return replace(inp, trainers=labels, rows=[replace(r, trainer=label(r.trainer, r.output)) for r in inp.rows],
+                   nan_counts=relabel_keys(inp.nan_counts), small_objects=relabel_keys(inp.small_objects),
+                   test_folds={label(t, o): f for t, f in inp.test_folds.items() for o in (REFINED, SEGMENTOR)},
+                   hidiff=[])
 
 
 # ---------------------------------------------------------------- aggregation
@@ -82,10 +140,13 @@ def classes(rows: Sequence[Row]) -> List[str]:
     return list(seen)
 
 
+def fold_key(fold: str) -> tuple:
+    """Sort key: fold numbers in numeric order, then names (``ensemble``)."""
+    return (not fold.isdigit(), int(fold) if fold.isdigit() else 0, fold)
+
+
 def folds_of(rows: Sequence[Row], trainer: str, split: str = VALIDATION) -> List[str]:
-    seen = sorted({r.fold for r in rows if r.trainer == trainer and r.split == split},
-                  key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
-    return seen
+    return sorted({r.fold for r in rows if r.trainer == trainer and r.split == split}, key=fold_key)
 
 
 def case_values(rows: Sequence[Row], trainer: str, split: str, metric: str, cls: str) -> Dict[Tuple[str, str], float]:
@@ -112,11 +173,12 @@ def fold_means(rows: Sequence[Row], trainer: str, split: str, metric: str, cls: 
     return {f: nan_mean(v) for f, v in by_fold.items()}
 
 
-def nan_ratio(counts: Dict[Tuple[str, str, str], Dict[str, dict]], trainer: str, split: str,
+def nan_ratio(counts: Dict[Tuple[str, ...], Dict[str, dict]], trainer: str, split: str,
               cls: str) -> Tuple[int, int]:
-    """(cases with undefined HD95, cases not both empty), pooled over the folds (all classes for FOREGROUND)."""
+    """(cases with undefined HD95, cases not both empty), pooled over the folds (all classes for FOREGROUND); keys
+    select by trainer (a series label, see series_view) and split."""
     undefined = defined_or_not = 0
-    for (t, s, _), per_class in counts.items():
+    for (t, s, *_), per_class in counts.items():
         if t != trainer or s != split:
             continue
         for c, cnt in per_class.items():
@@ -159,6 +221,18 @@ def fmt_duration(seconds: Optional[float]) -> str:
     return f"{h} h {m:02d} min"
 
 
+def fmt_speed(seconds: Optional[float]) -> str:
+    """Seconds per iteration or case; "—" when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    return f"{seconds:.0f} s" if seconds >= 100 else f"{seconds:.3g} s"
+
+
+def cell(text) -> str:
+    """Free text (e.g. a decision's reason) made safe for a markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def _table(header: Sequence[str], rows: List[Sequence[str]]) -> List[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -173,7 +247,9 @@ def _dice_metric(split: str, fov: Optional[str]) -> str:
 def _validation_section(inp: ReportInput) -> List[str]:
     rows, cls_list = inp.rows, classes(inp.rows) + [FOREGROUND]
     lines = ["## Cross-validation (nnU-Net folds)", "",
-             "Per trainer and class: mean ± std over folds of the per-fold means (validation cases of each fold).", ""]
+             "Per trainer and class: mean ± std over folds of the per-fold means (validation cases of each fold). "
+             "HiDiff trainers: the refined output; the row \"…, its segmentor alone\" is the same models without "
+             "refinement.", ""]
     table = []
     for t in inp.trainers:
         folds = folds_of(rows, t)
@@ -245,12 +321,20 @@ def _wall_time_section(inp: ReportInput) -> List[str]:
         row = [t, str(len(entries)), fmt_duration(sum(known)) if known else "n/a",
                fmt_duration(sum(known) / len(known)) if known else "n/a", "; ".join(sources) or "–"]
         if inp.test_images:
-            row.append(fmt_duration(inp.test_seconds.get(t)))
+            row.append(_test_wall_time(inp, t))
         table.append(row)
     header = ["Trainer", "Folds", "Total", "Mean per fold", "Source"]
     if inp.test_images:
         header.append("Test prediction")
     return lines + _table(header, table) + [""]
+
+
+def _test_wall_time(inp: ReportInput, trainer: str) -> str:
+    runs = [(o, inp.test_predictions[(trainer, o)]) for o in (REFINED, SEGMENTOR)
+            if (trainer, o) in inp.test_predictions]
+    if len(runs) <= 1:
+        return fmt_duration(runs[0][1].seconds) if runs else "n/a"
+    return " + ".join(f"{fmt_duration(run.seconds)} ({o})" for o, run in runs)
 
 
 def _test_section(inp: ReportInput) -> List[str]:
@@ -318,6 +402,183 @@ def _small_objects_section(inp: ReportInput) -> List[str]:
     return lines + [""]
 
 
+# ---------------------------------------------------------------- HiDiff: refined vs segmentor, decision, speed
+def _fold_pair(view: ReportInput, trainer: str, split: str, metric: str) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """Per-fold foreground means of a HiDiff trainer's segmentor alone and its refined output (``view``: the
+    series view)."""
+    return (fold_means(view.rows, segmentor_label(trainer), split, metric, FOREGROUND),
+            fold_means(view.rows, trainer, split, metric, FOREGROUND))
+
+
+def _helped(segmentor: Dict, refined: Dict, metric: str, unit: str) -> str:
+    """On how many of the paired folds (or cases) refinement improved ``metric`` (Dice up, HD95 down)."""
+    _, diffs = paired_differences(segmentor, refined)
+    better = int((diffs > 0).sum() if metric != HD95 else (diffs < 0).sum())
+    return f"{better} of {diffs.size} {unit}"
+
+
+def _refined_vs_segmentor_rows(inp: ReportInput, view: ReportInput, trainer: str) -> List[List[str]]:
+    out = []
+    splits = [VALIDATION] + ([TEST] if inp.test_images else [])
+    for split in splits:
+        for metric in (_dice_metric(split, inp.test_fov), HD95):
+            seg_cases = case_values(view.rows, segmentor_label(trainer), split, metric, FOREGROUND)
+            ref_cases = case_values(view.rows, trainer, split, metric, FOREGROUND)
+            w = wilcoxon_paired(seg_cases, ref_cases)
+            row = [trainer, split, metric]
+            if split == VALIDATION:
+                seg_folds, ref_folds = _fold_pair(view, trainer, split, metric)
+                tt = ttest_paired(seg_folds, ref_folds)
+                row += [_helped(seg_folds, ref_folds, metric, "folds"), str(w.n), fmt(w.mean_diff), fmt_p(w),
+                        str(tt.n), fmt(tt.mean_diff), fmt_p(tt)]
+            else:
+                row += [_helped(seg_cases, ref_cases, metric, "cases"), str(w.n), fmt(w.mean_diff), fmt_p(w),
+                        "–", "–", "–"]
+            out.append(row)
+    return out
+
+
+def _refined_vs_segmentor_section(inp: ReportInput, view: ReportInput) -> List[str]:
+    """Each HiDiff trainer's refined output against its own segmentor (same models, same cases)."""
+    hidiff = inp.hidiff_trainers()
+    if not hidiff:
+        return []
+    lines = ["## Refined vs its own segmentor", "",
+             "Per HiDiff trainer and fold: foreground Dice and HD95 of the segmentor alone (`validation_segmentor/`) "
+             "and of the refined output (`validation_refined/`); differences are refined − segmentor (Dice up and "
+             "HD95 down = refinement helped).", ""]
+    per_fold = []
+    for t in hidiff:
+        dice_seg, dice_ref = _fold_pair(view, t, VALIDATION, "Dice")
+        hd_seg, hd_ref = _fold_pair(view, t, VALIDATION, HD95)
+        for f in sorted(set(dice_seg) | set(dice_ref), key=fold_key):
+            ds, dr, hs, hr = (d.get(f, math.nan) for d in (dice_seg, dice_ref, hd_seg, hd_ref))
+            per_fold.append([t, f, fmt(ds), fmt(dr), fmt(dr - ds), fmt(hs, 3), fmt(hr, 3), fmt(hr - hs, 3)])
+    lines += _table(["Trainer", "Fold", "Dice segmentor", "Dice refined", "Dice diff", "HD95 segmentor",
+                     "HD95 refined", "HD95 diff"], per_fold)
+    lines += ["", "Refined − segmentor over the cases (Wilcoxon) and the folds (paired t-test), foreground:", ""]
+    rows = [r for t in hidiff for r in _refined_vs_segmentor_rows(inp, view, t)]
+    lines += _table(["Trainer", "Split", "Metric", "Refinement helped", "Wilcoxon n (cases)", "Mean diff (cases)",
+                     "Wilcoxon p", "t-test n (folds)", "Mean diff (folds)", "t-test p"], rows)
+    return lines + [""]
+
+
+def fold_decision(inp: ReportInput, trainer: str, fold: str) -> Optional[dict]:
+    """The ``decision`` of a fold's record, None without one."""
+    decision = inp.records.get(trainer, {}).get(fold, {}).get("decision")
+    return decision if isinstance(decision, dict) else None
+
+
+def refines(decision: Optional[dict]) -> bool:
+    """Whether a fold's predictions are refined by default: its decision, refined without one (what the trainers
+    predicted before they decided)."""
+    return decision is None or decision.get("refine") is None or bool(decision["refine"])
+
+
+def decided_fold_means(inp: ReportInput, view: ReportInput, trainer: str, metric: str) -> Dict[str, float]:
+    """{fold: foreground mean of the output the fold decided for} (refined where a fold has no decision)."""
+    refined = fold_means(view.rows, trainer, VALIDATION, metric, FOREGROUND)
+    segmentor = fold_means(view.rows, segmentor_label(trainer), VALIDATION, metric, FOREGROUND)
+    out = {}
+    for f in sorted(set(refined) | set(segmentor), key=fold_key):
+        out[f] = (refined if refines(fold_decision(inp, trainer, f)) else segmentor).get(f, math.nan)
+    return out
+
+
+def _decision_cells(decision: Optional[dict], record: dict) -> List[str]:
+    """Refine, Steps and Reason cells; Steps notes the refined validation's steps when the decided ones differ
+    (the as-decided result then uses the refined validation, at its own steps)."""
+    if decision is None:
+        return ["— (no decision: refined)", "—", "—"]
+    refine = decision.get("refine")
+    steps = decision.get("steps")
+    steps_cell = "—" if steps is None else str(steps)
+    validation = record.get("validation")
+    refined = validation.get(REFINED) if isinstance(validation, dict) else None
+    validated = refined.get("steps") if isinstance(refined, dict) else None
+    if refine and steps is not None and validated is not None and validated != steps:
+        steps_cell += f" (refined validation: {validated})"
+    return ["yes" if refine else ("no" if refine is not None else "—"), steps_cell,
+            cell(decision.get("reason") or "—")]
+
+
+def _decision_section(inp: ReportInput, view: ReportInput) -> List[str]:
+    """What each HiDiff fold decided (refine or not, steps) and the validation result of that choice."""
+    hidiff = inp.hidiff_trainers()
+    if not hidiff:
+        return []
+    lines = ["## The decision: refine or not", "",
+             "After its validation each HiDiff fold decides whether its predictions are refined, and with how many "
+             "steps (`decision` in `fold_k/hidiff_fold.json`; `nnUNet_HiDiff_refine=1/0` overrides it at prediction "
+             "time). \"As decided\": per fold the foreground result of the chosen output (refined rows at the "
+             "refined validation's steps, or the segmentor alone); refined where a fold has no decision.", ""]
+    per_fold, summary = [], []
+    for t in hidiff:
+        dice = decided_fold_means(inp, view, t, "Dice")
+        hd = decided_fold_means(inp, view, t, HD95)
+        n_refine = n_none = 0
+        for f in dice:
+            decision = fold_decision(inp, t, f)
+            n_none += decision is None
+            n_refine += refines(decision)
+            record = inp.records.get(t, {}).get(f, {})
+            per_fold.append([t, f, *_decision_cells(decision, record), fmt(dice[f]), fmt(hd.get(f), 3)])
+        refined_folds = f"{n_refine} of {len(dice)}" + (f" ({n_none} without a decision)" if n_none else "")
+        summary.append([t, str(len(dice)), refined_folds, fmt_mean_std(list(dice.values())),
+                        fmt_mean_std(list(hd.values()), 3)])
+    lines += _table(["Trainer", "Fold", "Refine", "Steps", "Reason", "Dice (fg), as decided",
+                     "HD95 (fg), as decided"], per_fold)
+    lines += ["", "Mean ± std over folds of the as-decided per-fold results:", ""]
+    lines += _table(["Trainer", "Folds", "Folds that refine", "Dice (fg), as decided", "HD95 (fg), as decided"],
+                    summary)
+    return lines + [""]
+
+
+def _median(values: Sequence) -> Optional[float]:
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(float(v))]
+    return statistics.median(nums) if nums else None
+
+
+def seconds_per_iteration(inp: ReportInput, trainer: str) -> Optional[float]:
+    """Median over the trainer's fold records of ``seconds_per_iteration``; None when no record has it."""
+    return _median([r.get("seconds_per_iteration") for r in inp.records.get(trainer, {}).values()])
+
+
+def validation_seconds_per_case(inp: ReportInput, trainer: str, output: str) -> Optional[float]:
+    """Median over the trainer's fold records of ``validation[output].seconds_per_case``; None when unknown."""
+    values = []
+    for record in inp.records.get(trainer, {}).values():
+        validation = record.get("validation")
+        entry = validation.get(output) if isinstance(validation, dict) else None
+        if isinstance(entry, dict):
+            values.append(entry.get("seconds_per_case"))
+    return _median(values)
+
+
+def _speed_section(inp: ReportInput) -> List[str]:
+    lines = ["## Speed", "",
+             "Seconds per training iteration: median over the folds' `hidiff_fold.json` (`seconds_per_iteration`, "
+             "the training loop only). Seconds per predicted case: validation from the same records (median over "
+             "folds); test: wall time of the `nnUNetv2_predict` run (start-up and the fold ensemble included) / "
+             "test cases. \"—\": unknown (no record, e.g. plain nnU-Net or older folds).", ""]
+    hidiff = set(inp.hidiff_trainers())
+    table = []
+    for t in inp.trainers:
+        outputs = [REFINED, SEGMENTOR] if t in hidiff else [SEGMENTOR]
+        for i, output in enumerate(outputs):
+            row = [t, output, fmt_speed(seconds_per_iteration(inp, t)) if i == 0 else "",
+                   fmt_speed(validation_seconds_per_case(inp, t, output))]
+            if inp.test_images:
+                run = inp.test_predictions.get((t, output))
+                row.append(fmt_speed(run.seconds_per_case if run else None))
+            table.append(row)
+    header = ["Trainer", "Output", "s / training iteration", "Validation s / case"]
+    if inp.test_images:
+        header.append("Test s / case")
+    return lines + _table(header, table) + [""]
+
+
 def describe_warm_start(sources: Dict[int, str]) -> str:
     """Budget-cell suffix for folds that started from a trained segmentor: one path with ``fold_{fold}`` when the
     folds' paths differ only by their fold folder, else one path per fold."""
@@ -344,10 +605,12 @@ def render_markdown(inp: ReportInput) -> str:
         budget = inp.budgets.get(t, "?") + describe_warm_start(inp.warm_starts.get(t, {}))
         status.append([t, budget, ", ".join(done) or "none", ", ".join(missing) or "none"])
     lines += _table(["Trainer", "Budget", "Folds collected", "Folds missing"], status) + [""]
-    lines += _validation_section(inp) + _differences_section(inp)
+    view = series_view(inp)
+    lines += _validation_section(view) + _differences_section(view)
+    lines += _refined_vs_segmentor_section(inp, view) + _decision_section(inp, view)
     if inp.test_images:
-        lines += _test_section(inp)
-    lines += _small_objects_section(inp) + _wall_time_section(inp)
+        lines += _test_section(view)
+    lines += _small_objects_section(view) + _speed_section(inp) + _wall_time_section(inp)
     if inp.problems:
         lines += ["## Problems", ""] + [f"- {p}" for p in inp.problems] + [""]
     lines += ["## How to read this", "", HOW_TO_READ]
@@ -360,9 +623,12 @@ def write_markdown(inp: ReportInput, path: Path) -> None:
 
 # ---------------------------------------------------------------- figure
 def write_figure(inp: ReportInput, path: Path) -> None:
-    """Two panels (Dice, HD95): per-fold foreground means as grouped bars, one colour per trainer."""
+    """Two panels (Dice, HD95): per-fold foreground means as grouped bars, one colour per series (trainer, and a
+    HiDiff trainer's segmentor alone)."""
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    inp = series_view(inp)
 
     all_folds = sorted({f for t in inp.trainers for f in folds_of(inp.rows, t)}, key=lambda f: int(f))
     fig = Figure(figsize=(max(6.0, 1.6 * len(all_folds) * max(1, len(inp.trainers)) / 2 + 4), 4.2))

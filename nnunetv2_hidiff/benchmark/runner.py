@@ -11,6 +11,9 @@ Fold states (nnU-Net's results layout ``$nnUNet_results/<Dataset>/<T>__<P>__<C>/
 
 Every subprocess gets this process's environment with the folder of our trainer re-export prepended to
 ``nnUNet_extTrainer`` (a user-set value is kept after it); its output goes to a log file, not the terminal.
+
+What a finished fold says about itself (warm start, budget, outputs) is read from its ``hidiff_fold.json`` and
+output folders (nnunetv2_hidiff.training.fold_record), never from log text.
 """
 from __future__ import annotations
 
@@ -20,9 +23,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import nnunetv2_hidiff
+
+from .collect import OUTPUT_ORDER, REFINED, SEGMENTOR
 
 COMPLETE, NEEDS_VALIDATION, INTERRUPTED, MISSING = "complete", "needs_validation", "interrupted", "missing"
 ACTION = {NEEDS_VALIDATION: "validate", INTERRUPTED: "resume", MISSING: "train"}
@@ -148,25 +153,37 @@ def checkpoint_training_seconds(checkpoint: Path) -> Optional[float]:
     return float(sum(float(ends[i]) - float(starts[i]) for i in range(n))) if n else None
 
 
+def fold_record(folder: Path) -> Optional[dict]:
+    """The fold's ``hidiff_fold.json`` (see nnunetv2_hidiff.training.fold_record), None without one (older runs,
+    foreign trainers) or when it is unreadable."""
+    from nnunetv2_hidiff.training.fold_record import read_fold_record
+
+    return read_fold_record(folder)
+
+
+def fold_records(trainer_dir: Path, folds: Sequence[int]) -> Dict[int, Optional[dict]]:
+    """fold -> record (or None) for the given folds of one trainer's results folder."""
+    return {f: fold_record(fold_folder(trainer_dir, f)) for f in folds}
+
+
 def warm_start_source(folder: Path) -> Optional[str]:
-    """The segmentor checkpoint a HiDiff fold started from (``nnUNet_HiDiff_pretrained_segmentor``), read from
-    the fold's nnU-Net training logs (the trainer writes ``WARM_START_MESSAGE``); None for a fold trained from
-    scratch or by another trainer."""
-    import re
+    """The segmentor checkpoint a HiDiff fold started from (``nnUNet_HiDiff_pretrained_segmentor``): the fold
+    record's ``warm_start``; None for a fold trained from scratch, by another trainer or without a record."""
+    source = (fold_record(folder) or {}).get("warm_start")
+    return str(source) if source else None
 
-    from nnunetv2_hidiff.training.trainer import WARM_START_MESSAGE
 
-    prefix, suffix = WARM_START_MESSAGE.split("{path}")
-    pattern = re.compile(re.escape(prefix) + r"(.+)" + re.escape(suffix))
-    for log in sorted(folder.glob("training_log_*.txt")):
-        try:
-            text = log.read_text(errors="replace")
-        except OSError:
-            continue
-        found = pattern.search(text)
-        if found:
-            return found.group(1)
-    return None
+def validation_outputs(folder: Path, hidiff: bool) -> List[Tuple[str, Path]]:
+    """(output, summary.json) pairs to collect from a complete fold: ``validation/`` (``segmentor``) for plain
+    trainers; for HiDiff ``validation_refined/`` (``refined``) and ``validation_segmentor/`` (``segmentor``),
+    those that exist, and ``validation/`` as ``refined`` for a fold of the older layout that has neither."""
+    from nnunetv2_hidiff.training.fold_record import OUTPUT_FOLDERS, VALIDATION
+
+    if not hidiff:
+        return [(SEGMENTOR, folder / VALIDATION / "summary.json")]
+    found = [(o, folder / OUTPUT_FOLDERS[o] / "summary.json") for o in OUTPUT_ORDER]
+    found = [(o, f) for o, f in found if f.is_file()]
+    return found or [(REFINED, folder / VALIDATION / "summary.json")]
 
 
 # ---------------------------------------------------------------- wall time

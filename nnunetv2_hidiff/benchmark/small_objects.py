@@ -18,14 +18,16 @@ from typing import Dict, Tuple
 from .collect import FOREGROUND
 from .stats import nan_mean
 
-SmallObjects = Dict[Tuple[str, str, str], Dict[str, dict]]  # (trainer, split, fold) -> class -> per-class report
+# (trainer, split, fold, output) -> class -> per-class report; the report relabels the trainer per output (one
+# series per trainer and output, see report.series_view), so these functions select by trainer and split only
+SmallObjects = Dict[Tuple[str, ...], Dict[str, dict]]
 
 
 def small_fold_values(small: SmallObjects, trainer: str, split: str, metric: str, cls: str) -> Dict[str, float]:
     """{fold: value of ``metric`` on the small units} for one class or ``"foreground"``; folds without small units
     of that class are left out."""
     out = {}
-    for (t, s, fold), per_class in small.items():
+    for (t, s, fold, *_), per_class in small.items():
         if t != trainer or s != split:
             continue
         with_units = {c: m for c, m in per_class.items() if int(m.get("n_units", 0)) > 0}
@@ -40,7 +42,7 @@ def small_fold_values(small: SmallObjects, trainer: str, split: str, metric: str
 def small_counts(small: SmallObjects, trainer: str, split: str, cls: str) -> Tuple[int, int]:
     """(small units, small units with undefined HD95), summed over folds (and classes for ``"foreground"``)."""
     units = undefined = 0
-    for (t, s, _), per_class in small.items():
+    for (t, s, *_), per_class in small.items():
         if t == trainer and s == split:
             for c, m in per_class.items():
                 if cls in (FOREGROUND, c):
