@@ -154,3 +154,18 @@ def test_kill_and_continue(tiny_nnunet, tmp_path):
     logs = sorted(fold.glob("training_log_*.txt"))
     resumed_log = logs[-1].read_text()
     assert f"Epoch {epoch}" in resumed_log and "Epoch 0\n" not in resumed_log
+
+
+def test_find_best_configuration_uses_the_decided_validation_output(trained):
+    """nnU-Net's own model selection reads validation/ (the decided output) of a HiDiff fold, decides
+    postprocessing on it and writes its inference instructions naming the HiDiff trainer."""
+    root, env, _ = trained
+    run_cli("nnUNetv2_find_best_configuration", ["990", "-c", "2d", "-tr", "nnUNetTrainerHiDiff_smoke", "-f", "0",
+                                                 "--disable_ensembling", "-np", "1"], env)
+    out = root / "results" / "Dataset990_Tiny"
+    best = json.loads((out / "inference_information.json").read_text())
+    assert best["best_model_or_ensemble"]["selected_model_or_models"][0]["trainer"] == "nnUNetTrainerHiDiff_smoke"
+    decided = json.loads((out / TRAINER_DIR / "fold_0" / "validation" / "summary.json").read_text())
+    assert best["best_model_or_ensemble"]["result_on_crossval_pre_pp"] == pytest.approx(
+        decided["foreground_mean"]["Dice"])
+    assert (out / TRAINER_DIR / "crossval_results_folds_0" / "postprocessing.pkl").is_file()

@@ -122,7 +122,7 @@ def predict(work: Path, env: dict, refine: bool) -> Path:
     if out.exists() and len(list(out.glob("*.nii.gz"))) == len(list(images.glob("*.nii.gz"))):
         log(f"predictions already there: {out}")
         return out
-    hidiff_options = [] if refine else ["--no-refine"]
+    hidiff_options = ["--refine"] if refine else ["--no-refine"]  # both forced: show the two, whatever the decision
     run(["nnunetv2_hidiff_predict", *hidiff_options, "--", "-i", str(images), "-o", str(out), "-d", str(DATASET_ID),
          "-c", "2d", "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"], env)
     return out

@@ -158,6 +158,7 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_budget(self)
+        self.save_every = 1  # checkpoint_latest.pth every epoch, so a killed run resumes with --c
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         result = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
