@@ -1,0 +1,242 @@
+"""The fold diagnostics benchmarks/sampler_ablation.py and benchmarks/noise_rates.py on a smoke-trained fold of the
+tiny dataset: they run as scripts, write JSON with the expected keys and values in range, and their segmentor
+numbers match a recomputation here, independent of the scripts' own code."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tiny_dataset import REPO, nnunet_env, run_cli
+
+# a subclass of the smoke trainer with its own results folder (so this module shares no fold with
+# test_trainer_cli.py) and a prior perturbation, which noise_rates.py must report as the trainer's own
+TRAINER = "nnUNetTrainerHiDiff_benchsmoke"
+TRAINER_SOURCE = (
+    "from nnunetv2_hidiff.training import nnUNetTrainerHiDiff_smoke\n\n\n"
+    f"class {TRAINER}(nnUNetTrainerHiDiff_smoke):\n"
+    "    prior_temperature_max = 2.0\n"
+    "    prior_logit_noise = 0.5\n")
+PATCH = (40, 32)  # the tiny dataset's 2d patch
+K = 3  # background + 2 labels
+T = 10  # diffusion steps of the smoke model
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_nnunet, tmp_path_factory):
+    """One smoke training of fold 0 with the real nnUNetv2_train."""
+    ext = tmp_path_factory.mktemp("bench_ext")
+    (ext / "bench_smoke.py").write_text(TRAINER_SOURCE)
+    env = nnunet_env(tiny_nnunet, ext_trainers=[ext])
+    run_cli("nnUNetv2_train", ["990", "2d", "0", "-tr", TRAINER, "-device", "cpu"], env)
+    fold = tiny_nnunet / "results" / "Dataset990_Tiny" / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
+    assert (fold / "checkpoint_final.pth").is_file()
+    return tiny_nnunet, env, fold
+
+
+def run_script(name: str, args, env: dict, expect_rc: int = 0) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    if proc.returncode != expect_rc:
+        raise AssertionError(f"{name} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n"
+                             f"--- stderr ---\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def first_val_cases(root, n: int):
+    return json.loads((root / "pre" / "Dataset990_Tiny" / "splits_final.json").read_text())[0]["val"][:n]
+
+
+@pytest.fixture(scope="module")
+def recomputed(trained):
+    """Segmentor (EMA refiner loaded too) on the first validation case of fold 0, computed here: per-case Dice
+    of argmax p, mean |p − y0| per channel, and the package's own refine_prior Dice for 2 steps."""
+    import torch
+
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from nnunetv2_hidiff.evaluation.metrics import dice
+
+    root, env, fold = trained
+    with pytest.MonkeyPatch.context() as mp:  # nnunetv2 reads its paths from the environment when used
+        for key, value in env.items():
+            if key.startswith("nnUNet"):
+                mp.setenv(key, value)
+        tr = get_trainer_from_args("990", "2d", 0, TRAINER, "nnUNetPlans", device=torch.device("cpu"))
+        tr.load_checkpoint(str(fold / "checkpoint_final.pth"))
+        cases = first_val_cases(root, 1)
+        ds = tr.dataset_class(tr.preprocessed_dataset_folder, list(cases))
+        xs, ys = [], []
+        for case in cases:
+            data, seg, _, _ = ds.load_case(case)
+            data, seg = np.asarray(data[:], dtype=np.float32), np.asarray(seg[:]).astype(np.int64)
+            out_d = np.zeros(data.shape[:2] + PATCH, np.float32)
+            out_s = np.zeros(seg.shape[:2] + PATCH, np.int64)
+            src, dst = [], []
+            for n, p in zip(data.shape[2:], PATCH):  # centre crop or pad
+                if n >= p:
+                    src.append(slice((n - p) // 2, (n - p) // 2 + p)), dst.append(slice(0, p))
+                else:
+                    src.append(slice(0, n)), dst.append(slice((p - n) // 2, (p - n) // 2 + n))
+            out_d[:, :, dst[0], dst[1]] = data[:, :, src[0], src[1]]
+            out_s[:, :, dst[0], dst[1]] = seg[:, :, src[0], src[1]]
+            xs.append(out_d.transpose(1, 0, 2, 3))
+            ys.append(np.maximum(out_s[0], 0))
+        x = torch.from_numpy(np.concatenate(xs))
+        net = tr.hidiff
+        net.eval()
+        tr.set_deep_supervision_enabled(False)
+        with torch.no_grad(), tr.refiner_ema.applied_to(net.refiner):
+            seg = net.segment(x)
+            prior = torch.softmax(net.segmentor(x).float(), 1)
+            net.num_samples, net.seed, net.transition = 1, 0, "renoise"
+            refined = net.refine_prior(x, prior, seg.features, steps=2).argmax(1).numpy()
+        pred = prior.argmax(1).numpy()
+        y = np.concatenate(ys)
+        onehot = np.stack([y == k for k in range(K)], 1)
+        result = {"slices": int(x.shape[0]), "cases": cases,
+                  "mean_abs_diff_per_class": np.abs(prior.numpy() - onehot).mean((0, 2, 3)).tolist()}
+        for name, labels in (("segmentor", pred), ("refined_2_steps", refined)):
+            per_class = [dice(labels == c, y == c) for c in (1, 2)]  # one case: the case's Dice is the mean
+            result[name] = {"dice_per_class": per_class, "dice": float(np.nanmean(per_class))}
+        return result
+
+
+def close(a, b, tol=1e-9):
+    if a is None or b is None:
+        return a is None and b is None or (a is None and math.isnan(b)) or (b is None and math.isnan(a))
+    return abs(a - b) <= tol
+
+
+def in_unit(v):
+    return v is None or 0.0 <= v <= 1.0
+
+
+def test_sampler_ablation_json(trained, recomputed, tmp_path):
+    root, env, _ = trained
+    out = tmp_path / "ablation.json"
+    proc = run_script("sampler_ablation.py", ["-d", "990", "-tr", TRAINER, "--folds", "0", "0", "--cases", "1",
+                                              "--steps", "2", "1", "--samples", "1", "--threads", "1",
+                                              "--json", out], env)
+    assert "segmentor alone" in proc.stdout and "ε̂ reliability" in proc.stdout and "mean over folds" in proc.stdout
+    result = json.loads(out.read_text())
+    assert set(result) == {"settings", "folds", "mean_over_folds"} and len(result["folds"]) == 2
+    fold = result["folds"][0]
+    assert fold["cases"] == recomputed["cases"] and fold["slices"] == recomputed["slices"]
+    assert fold["classes"] == [1, 2] and fold["class_names"] == ["a", "b"] and fold["num_diffusion_steps"] == T
+
+    # the segmentor alone: the same Dice as recomputed here from the same slices
+    seg = fold["segmentor"]
+    assert all(close(a, b) for a, b in zip(seg["dice_per_class"], recomputed["segmentor"]["dice_per_class"]))
+    assert close(seg["dice"], recomputed["segmentor"]["dice"])
+
+    singles = ("segmentor", "start_sample", "one_step_from_argmax")
+    for entry in [fold[k] for k in singles] + fold["chains"] + fold["chain_step_average"]:
+        assert len(entry["dice_per_class"]) == 2 and all(in_unit(v) for v in entry["dice_per_class"])
+        assert in_unit(entry["dice"])
+    transitions = ("renoise", "renoise_fresh", "renoise_threshold", "sample", "threshold")
+    configs = [(c["transition"], c["steps"], c["samples"]) for c in fold["chains"]]
+    assert configs == [(t, s, 1) for t in transitions for s in (2, 1)]
+    for c in fold["chains"]:
+        assert len(c["trajectory"]) == c["steps"] and all(in_unit(v) for v in c["trajectory"])
+        assert close(c["trajectory"][-1], c["dice"])  # the last step's ŷ0 is the final output
+    # one step from the same start ends in the same ŷ0 whatever the transition (all chains share the seed)
+    one_step = {c["dice"] for c in fold["chains"] if c["steps"] == 1}
+    assert len(one_step) == 1
+    # the default chain is exactly the package's own reverse chain (HiDiffNetwork.refine_prior, seed 0)
+    default_2 = next(c for c in fold["chains"] if c["transition"] == "renoise" and c["steps"] == 2)
+    assert close(default_2["dice"], recomputed["refined_2_steps"]["dice"])
+    assert [(c["transition"], c["steps"]) for c in fold["chain_step_average"]] == [("renoise", 2), ("renoise", 1)]
+    assert close(fold["chain_step_average"][1]["dice"], next(iter(one_step)))  # one step: nothing to average
+
+    rel = fold["reliability"]
+    entries = recomputed["slices"] * K * PATCH[0] * PATCH[1] * T
+    assert rel["entries"] == entries and rel["bins"] == [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    counts = rel["groups"]["easy"]["count"] + rel["groups"]["rest"]["count"]
+    assert sum(counts) == entries
+    assert sum(row[g]["count"] for row in rel["per_t"] for g in ("easy", "rest")) == entries
+    assert len(rel["per_t"]) == T and in_unit(rel["easy_share"]) and in_unit(rel["easy_mean_eps_hat"])
+    for g in ("easy", "rest"):
+        grp = rel["groups"][g]
+        for b, (n, mean_hat, freq) in enumerate(zip(grp["count"], grp["mean_eps_hat"], grp["freq_eps"])):
+            assert (n == 0) == (mean_hat is None) and in_unit(freq)
+            if n:
+                assert rel["bins"][b] - 1e-9 <= mean_hat <= rel["bins"][b + 1] + 1e-9
+    for row in rel["per_t"]:
+        for g in ("easy", "rest"):
+            assert in_unit(row[g]["mean_eps_hat"]) and in_unit(row[g]["freq_eps"])
+            assert in_unit(row[g]["mean_noise_probability"])
+        assert row["easy"]["mean_noise_probability"] < 0.05  # easy: |p − y0| < 0.05
+        assert in_unit(row["one_step_y0_hat"]["dice"])
+
+    # --folds 0 0: the same fold twice (deterministic), so the mean equals it; reliability counts pooled
+    mean = result["mean_over_folds"]
+    assert mean["fold"] == [0, 0] and close(mean["segmentor"]["dice"], seg["dice"])
+    assert all(close(a["dice"], b["dice"]) for a, b in zip(mean["chains"], fold["chains"]))
+    assert mean["reliability"]["entries"] == 2 * entries
+    assert close(mean["reliability"]["easy_mean_eps_hat"], rel["easy_mean_eps_hat"], 1e-6)
+
+
+def test_noise_rates_json_and_segmentor_checkpoint(trained, recomputed, tmp_path):
+    import torch
+
+    root, env, fold = trained
+    out = tmp_path / "noise.json"
+    common = ["-d", "990", "-f", "0", "--cases", "1", "--batches", "2", "--threads", "1"]
+    proc = run_script("noise_rates.py", [*common, "-tr", TRAINER, "--temperature-max", "1", "3",
+                                         "--logit-noise", "0", "--json", out], env)
+    assert "validation (eval mode, softmax)" in proc.stdout
+    result = json.loads(out.read_text())["folds"][0]
+    val = result["validation"]
+    assert val["pixels"] == recomputed["slices"] * PATCH[0] * PATCH[1]
+    assert np.allclose(val["mean_abs_diff_per_class"], recomputed["mean_abs_diff_per_class"], atol=1e-6)
+    c = result["mean_one_minus_alpha_bar"]
+    assert 0 < c < 1
+    rows = result["training"]
+    assert [(r["kind"], r["temperature_max"], r["logit_noise"]) for r in rows] == [
+        ("trainer", 2.0, 0.5), ("plain", 1.0, 0.0), ("grid", 1.0, 0.0), ("grid", 3.0, 0.0)]
+    for r in [val, *rows]:
+        for key in ("mean_abs_diff", "noise_rate", "wrong_share", "argmax_error_share"):
+            assert in_unit(r[key])
+        for key in ("mean_abs_diff_per_class", "noise_rate_per_class", "wrong_share_per_class", "class_share"):
+            assert len(r[key]) == K and all(in_unit(v) for v in r[key])
+        assert math.isclose(r["noise_rate"], c * r["mean_abs_diff"], rel_tol=1e-9)
+        assert len(r["noise_rate_per_t"]) == T and math.isclose(np.mean(r["noise_rate_per_t"]), r["noise_rate"])
+        assert math.isclose(sum(r["class_share"]), 1.0)
+    for r in rows:
+        assert r["pixels"] == 2 * 2 * PATCH[0] * PATCH[1]  # 2 batches of the plan's batch size 2
+    plain, grid_plain = rows[1], rows[2]
+    assert plain["mean_abs_diff_per_class"] == grid_plain["mean_abs_diff_per_class"]  # same batches and logits
+    assert rows[3]["mean_abs_diff"] != plain["mean_abs_diff"]  # τ_max = 3 softens the prior
+    assert plain["argmax_error_share"] == rows[3]["argmax_error_share"]  # a temperature keeps the argmax
+
+    # a plain nnU-Net checkpoint of the same segmentor, used through another HiDiff trainer with no fold folder
+    weights = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    segmentor = {k[len("segmentor."):]: v for k, v in weights.items() if k.startswith("segmentor.")}
+    plain_ckpt = tmp_path / "plain_nnunet" / "checkpoint_final.pth"
+    plain_ckpt.parent.mkdir()
+    torch.save({"network_weights": segmentor, "trainer_name": "nnUNetTrainer"}, plain_ckpt)
+    out2 = tmp_path / "noise_plain.json"
+    results_dir = root / "results" / "Dataset990_Tiny"
+    before = sorted(p.name for p in results_dir.iterdir())
+    run_script("noise_rates.py", [*common, "-tr", "nnUNetTrainerHiDiff_real_smoke", "--segmentor-checkpoint",
+                                  plain_ckpt, "--json", out2], env)
+    assert sorted(p.name for p in results_dir.iterdir()) == before  # no empty fold folder left behind
+    result2 = json.loads(out2.read_text())["folds"][0]
+    assert result2["model"] == str(plain_ckpt)
+    for key in ("mean_abs_diff_per_class", "wrong_share_per_class", "argmax_error_share", "pixels"):
+        assert result2["validation"][key] == val[key]
+    assert result2["training"][0]["kind"] == "trainer" and result2["training"][0]["temperature_max"] == 1.0
+    assert result2["training"][1]["mean_abs_diff_per_class"] == pytest.approx(plain["mean_abs_diff_per_class"])
+
+
+def test_missing_checkpoint_is_a_clear_error(trained):
+    root, env, _ = trained
+    proc = run_script("sampler_ablation.py", ["-d", "990", "-tr", TRAINER, "-f", "3", "--cases", "1"], env,
+                      expect_rc=2)
+    assert "no checkpoint" in proc.stderr and "fold_3" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_script("noise_rates.py", ["-d", "990", "-tr", TRAINER, "--segmentor-checkpoint",
+                                         root / "nothing.pth"], env, expect_rc=2)
+    assert "does not exist" in proc.stderr
