@@ -314,3 +314,33 @@ def test_issue12_protocol_variants(nnunet_paths, name, budget, warmup):
     assert tr.num_warmup_epochs == warmup and tr.inference_steps is None
     tr.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert tr.inference_allowed_mirroring_axes is None
+
+
+def test_compiled_network_writes_clean_checkpoints_that_load_strictly(nnunet_paths, tmp_path, monkeypatch):
+    """nnU-Net compiles the network when _do_i_compile() is True (its CUDA default). Forced here on CPU: the
+    checkpoint keys carry no "_orig_mod." prefix, a fresh uncompiled network (what nnUNetv2_predict builds) loads
+    them strictly, --c loads them, and prefixed keys of older GPU checkpoints are accepted too."""
+    from nnunetv2_hidiff.training import nnUNetTrainerHiDiff_smoke
+
+    monkeypatch.setattr(nnUNetTrainerHiDiff_smoke, "_do_i_compile", lambda self: True)
+    monkeypatch.setattr(nnUNetTrainerHiDiff_smoke, "compile_backend", "eager")
+    tr = make_trainer("nnUNetTrainerHiDiff_smoke")
+    tr.initialize()
+    assert type(tr.hidiff).__name__ == "HiDiffNetwork"
+    tr.on_train_start()
+    tr.train_step(make_batch(tr, seed=7))  # through the in-place compiled encoder/decoder (eager backend)
+    ckpt = str(tmp_path / "checkpoint_final.pth")
+    tr.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=False)
+    assert not any(k.startswith("_orig_mod.") for k in saved["network_weights"])
+    fresh = tr.build_network_architecture(tr.plans_manager, tr.configuration_manager, 1,
+                                          tr.label_manager.num_segmentation_heads, enable_deep_supervision=False)
+    fresh.load_state_dict(saved["network_weights"])  # strict, as nnU-Net's predictor loads
+    saved["network_weights"] = {f"_orig_mod.{k}": v for k, v in saved["network_weights"].items()}
+    monkeypatch.setattr(nnUNetTrainerHiDiff_smoke, "_do_i_compile", lambda self: False)
+    other = make_trainer("nnUNetTrainerHiDiff_smoke")
+    other.load_checkpoint(saved)
+    loaded = other.hidiff.state_dict()
+    for k, v in fresh.state_dict().items():  # network_weights carry the EMA refiner, --c restores the raw one
+        expected = saved["hidiff"]["refiner_weights"][k[len("refiner."):]] if k.startswith("refiner.") else v
+        assert torch.equal(loaded[k], expected), k

@@ -20,6 +20,31 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's OptimizedModule, DistributedDataParallel
+
+
+def clean_state_dict(state: dict) -> dict:
+    """A state dict without wrapper prefixes (nnU-Net accepts both when it loads; so do we)."""
+    def clean(key: str) -> str:
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        return key
+    return {clean(k): v for k, v in state.items()}
+
+
+def unwrap_and_compile(network, backend: str = "inductor"):
+    """The HiDiffNetwork inside nnU-Net's torch.compile wrapper, with its segmentor's encoder and decoder compiled
+    in place (nn.Module.compile keeps the state-dict keys); a network that is not wrapped comes back unchanged."""
+    from torch._dynamo import OptimizedModule
+
+    if not isinstance(network, OptimizedModule):
+        return network
+    network = network._orig_mod
+    network.segmentor.encoder.compile(backend=backend)
+    network.segmentor.decoder.compile(backend=backend)
+    return network
+
+
 def hidiff_payload(trainer) -> dict:
     """The ``hidiff`` entry of a HiDiff checkpoint: everything ``--c`` needs beyond nnU-Net's own keys."""
     scaler = trainer.refiner_grad_scaler

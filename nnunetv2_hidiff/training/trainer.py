@@ -32,7 +32,8 @@ from nnunetv2_hidiff.diffusion import diffusion_loss
 from nnunetv2_hidiff.evaluation.metrics import nan_mean
 from nnunetv2_hidiff.networks import build_hidiff_network
 
-from .checkpointing import hidiff_payload, load_whole_segmentor, restore_hidiff_payload
+from .checkpointing import (clean_state_dict, hidiff_payload, load_whole_segmentor, restore_hidiff_payload,
+                            unwrap_and_compile)
 from .common import (HiDiffConfigurationError, apply_budget, apply_inference_mirroring, check_supported,
                      optimizer_step, perturbed_prior, pseudo_dice_counts, record_epoch_time, start_epoch_timer,
                      track_nonfinite, write_start_record)
@@ -83,6 +84,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     # nnU-Net's design, does not transfer the segmentation heads, so the warm-up is kept in that case.)
     pretrained_segmentor: Optional[str] = None
     refiner_ema_decay = 0.9999
+    compile_backend = "inductor"  # used where nnU-Net decides to compile (CUDA, nnUNet_compile)
     # prediction defaults (nnUNet_HiDiff_* environment variables override them at predict time)
     inference_steps: Optional[int] = None  # None → T
     inference_mirroring = True  # False: no mirroring test-time augmentation in validation/prediction
@@ -136,7 +138,9 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
 
     def initialize(self):
         super().initialize()
-        self.hidiff = self.network
+        # nnU-Net compiles the whole network on CUDA; only the segmentor's own calls would benefit, and the wrapper
+        # would put "_orig_mod." into every checkpoint key. Compile in place instead (keys unchanged).
+        self.hidiff = unwrap_and_compile(self.network, self.compile_backend)
         self.refiner_ema = ModelEMA(self.hidiff.refiner, self.refiner_ema_decay)
         # Until training starts, nnU-Net sees the segmentor alone, so that `-pretrained_weights` (which
         # requires every key of the network in the file) loads a plain nnUNetTrainer checkpoint into it.
@@ -382,7 +386,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             raise HiDiffConfigurationError(
                 f"{source} holds a HiDiff model with {h['config']} ({checkpoint['trainer_name']}), but "
                 f"{self.__class__.__name__} builds {self.hidiff_config()}.")
-        self.hidiff.load_state_dict(checkpoint["network_weights"])
+        self.hidiff.load_state_dict(clean_state_dict(checkpoint["network_weights"]))
         self.my_init_kwargs = checkpoint["init_args"]
         self.current_epoch = checkpoint["current_epoch"]
         self.logger.load_checkpoint(checkpoint["logging"])
