@@ -1,0 +1,188 @@
+"""summary.md sections about HiDiff itself: each trainer's refined output against its own segmentor, the
+per-fold refine decision with the as-decided means, and speed (seconds per training iteration and per case)."""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .collect import FOREGROUND, REFINED, SEGMENTOR, TEST, VALIDATION
+from .report_base import (HD95, ReportInput, _dice_metric, _table, case_values, cell, fmt, fmt_mean_std, fmt_p,
+                          fmt_speed, fold_key, fold_means, segmentor_label)
+from .stats import paired_differences, ttest_paired, wilcoxon_paired
+
+# ---------------------------------------------------------------- HiDiff: refined vs segmentor, decision, speed
+def _fold_pair(view: ReportInput, trainer: str, split: str, metric: str) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """Per-fold foreground means of a HiDiff trainer's segmentor alone and its refined output (``view``: the
+    series view)."""
+    return (fold_means(view.rows, segmentor_label(trainer), split, metric, FOREGROUND),
+            fold_means(view.rows, trainer, split, metric, FOREGROUND))
+
+
+def _helped(segmentor: Dict, refined: Dict, metric: str, unit: str) -> str:
+    """On how many of the paired folds (or cases) refinement improved ``metric`` (Dice up, HD95 down)."""
+    _, diffs = paired_differences(segmentor, refined)
+    better = int((diffs > 0).sum() if metric != HD95 else (diffs < 0).sum())
+    return f"{better} of {diffs.size} {unit}"
+
+
+def _refined_vs_segmentor_rows(inp: ReportInput, view: ReportInput, trainer: str) -> List[List[str]]:
+    out = []
+    splits = [VALIDATION] + ([TEST] if inp.test_images else [])
+    for split in splits:
+        for metric in (_dice_metric(split, inp.test_fov), HD95):
+            seg_cases = case_values(view.rows, segmentor_label(trainer), split, metric, FOREGROUND)
+            ref_cases = case_values(view.rows, trainer, split, metric, FOREGROUND)
+            w = wilcoxon_paired(seg_cases, ref_cases)
+            row = [trainer, split, metric]
+            if split == VALIDATION:
+                seg_folds, ref_folds = _fold_pair(view, trainer, split, metric)
+                tt = ttest_paired(seg_folds, ref_folds)
+                row += [_helped(seg_folds, ref_folds, metric, "folds"), str(w.n), fmt(w.mean_diff), fmt_p(w),
+                        str(tt.n), fmt(tt.mean_diff), fmt_p(tt)]
+            else:
+                row += [_helped(seg_cases, ref_cases, metric, "cases"), str(w.n), fmt(w.mean_diff), fmt_p(w),
+                        "–", "–", "–"]
+            out.append(row)
+    return out
+
+
+def _refined_vs_segmentor_section(inp: ReportInput, view: ReportInput) -> List[str]:
+    """Each HiDiff trainer's refined output against its own segmentor (same models, same cases)."""
+    hidiff = inp.hidiff_trainers()
+    if not hidiff:
+        return []
+    lines = ["## Refined vs its own segmentor", "",
+             "Per HiDiff trainer and fold: foreground Dice and HD95 of the segmentor alone (`validation_segmentor/`) "
+             "and of the refined output (`validation_refined/`); differences are refined − segmentor (Dice up and "
+             "HD95 down = refinement helped).", ""]
+    per_fold = []
+    for t in hidiff:
+        dice_seg, dice_ref = _fold_pair(view, t, VALIDATION, "Dice")
+        hd_seg, hd_ref = _fold_pair(view, t, VALIDATION, HD95)
+        for f in sorted(set(dice_seg) | set(dice_ref), key=fold_key):
+            ds, dr, hs, hr = (d.get(f, math.nan) for d in (dice_seg, dice_ref, hd_seg, hd_ref))
+            per_fold.append([t, f, fmt(ds), fmt(dr), fmt(dr - ds), fmt(hs, 3), fmt(hr, 3), fmt(hr - hs, 3)])
+    lines += _table(["Trainer", "Fold", "Dice segmentor", "Dice refined", "Dice diff", "HD95 segmentor",
+                     "HD95 refined", "HD95 diff"], per_fold)
+    lines += ["", "Refined − segmentor over the cases (Wilcoxon) and the folds (paired t-test), foreground:", ""]
+    rows = [r for t in hidiff for r in _refined_vs_segmentor_rows(inp, view, t)]
+    lines += _table(["Trainer", "Split", "Metric", "Refinement helped", "Wilcoxon n (cases)", "Mean diff (cases)",
+                     "Wilcoxon p", "t-test n (folds)", "Mean diff (folds)", "t-test p"], rows)
+    return lines + [""]
+
+
+def fold_decision(inp: ReportInput, trainer: str, fold: str) -> Optional[dict]:
+    """The ``decision`` of a fold's record, None without one."""
+    decision = inp.records.get(trainer, {}).get(fold, {}).get("decision")
+    return decision if isinstance(decision, dict) else None
+
+
+def refines(decision: Optional[dict]) -> bool:
+    """Whether a fold's predictions are refined by default: its decision, refined without one (what the trainers
+    predicted before they decided)."""
+    return decision is None or decision.get("refine") is None or bool(decision["refine"])
+
+
+def decided_fold_means(inp: ReportInput, view: ReportInput, trainer: str, metric: str) -> Dict[str, float]:
+    """{fold: foreground mean of the output the fold decided for} (refined where a fold has no decision)."""
+    refined = fold_means(view.rows, trainer, VALIDATION, metric, FOREGROUND)
+    segmentor = fold_means(view.rows, segmentor_label(trainer), VALIDATION, metric, FOREGROUND)
+    out = {}
+    for f in sorted(set(refined) | set(segmentor), key=fold_key):
+        out[f] = (refined if refines(fold_decision(inp, trainer, f)) else segmentor).get(f, math.nan)
+    return out
+
+
+def _decision_cells(decision: Optional[dict], record: dict) -> List[str]:
+    """Refine, Steps and Reason cells; Steps notes the refined validation's steps when the decided ones differ
+    (the as-decided result then uses the refined validation, at its own steps)."""
+    if decision is None:
+        return ["— (no decision: refined)", "—", "—"]
+    refine = decision.get("refine")
+    steps = decision.get("steps")
+    steps_cell = "—" if steps is None else str(steps)
+    validation = record.get("validation")
+    refined = validation.get(REFINED) if isinstance(validation, dict) else None
+    validated = refined.get("steps") if isinstance(refined, dict) else None
+    if refine and steps is not None and validated is not None and validated != steps:
+        steps_cell += f" (refined validation: {validated})"
+    return ["yes" if refine else ("no" if refine is not None else "—"), steps_cell,
+            cell(decision.get("reason") or "—")]
+
+
+def _decision_section(inp: ReportInput, view: ReportInput) -> List[str]:
+    """What each HiDiff fold decided (refine or not, steps) and the validation result of that choice."""
+    hidiff = inp.hidiff_trainers()
+    if not hidiff:
+        return []
+    lines = ["## The decision: refine or not", "",
+             "After its validation each HiDiff fold decides whether its predictions are refined, and with how many "
+             "steps (`decision` in `fold_k/hidiff_fold.json`; `nnUNet_HiDiff_refine=1/0` overrides it at prediction "
+             "time). \"As decided\": per fold the foreground result of the chosen output (refined rows at the "
+             "refined validation's steps, or the segmentor alone); refined where a fold has no decision.", ""]
+    per_fold, summary = [], []
+    for t in hidiff:
+        dice = decided_fold_means(inp, view, t, "Dice")
+        hd = decided_fold_means(inp, view, t, HD95)
+        n_refine = n_none = 0
+        for f in dice:
+            decision = fold_decision(inp, t, f)
+            n_none += decision is None
+            n_refine += refines(decision)
+            record = inp.records.get(t, {}).get(f, {})
+            per_fold.append([t, f, *_decision_cells(decision, record), fmt(dice[f]), fmt(hd.get(f), 3)])
+        refined_folds = f"{n_refine} of {len(dice)}" + (f" ({n_none} without a decision)" if n_none else "")
+        summary.append([t, str(len(dice)), refined_folds, fmt_mean_std(list(dice.values())),
+                        fmt_mean_std(list(hd.values()), 3)])
+    lines += _table(["Trainer", "Fold", "Refine", "Steps", "Reason", "Dice (fg), as decided",
+                     "HD95 (fg), as decided"], per_fold)
+    lines += ["", "Mean ± std over folds of the as-decided per-fold results:", ""]
+    lines += _table(["Trainer", "Folds", "Folds that refine", "Dice (fg), as decided", "HD95 (fg), as decided"],
+                    summary)
+    return lines + [""]
+
+
+def _median(values: Sequence) -> Optional[float]:
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(float(v))]
+    return statistics.median(nums) if nums else None
+
+
+def seconds_per_iteration(inp: ReportInput, trainer: str) -> Optional[float]:
+    """Median over the trainer's fold records of ``seconds_per_iteration``; None when no record has it."""
+    return _median([r.get("seconds_per_iteration") for r in inp.records.get(trainer, {}).values()])
+
+
+def validation_seconds_per_case(inp: ReportInput, trainer: str, output: str) -> Optional[float]:
+    """Median over the trainer's fold records of ``validation[output].seconds_per_case``; None when unknown."""
+    values = []
+    for record in inp.records.get(trainer, {}).values():
+        validation = record.get("validation")
+        entry = validation.get(output) if isinstance(validation, dict) else None
+        if isinstance(entry, dict):
+            values.append(entry.get("seconds_per_case"))
+    return _median(values)
+
+
+def _speed_section(inp: ReportInput) -> List[str]:
+    lines = ["## Speed", "",
+             "Seconds per training iteration: median over the folds' `hidiff_fold.json` (`seconds_per_iteration`, "
+             "the training loop only). Seconds per predicted case: validation from the same records (median over "
+             "folds); test: wall time of the `nnUNetv2_predict` run (start-up and the fold ensemble included) / "
+             "test cases. \"—\": unknown (no record, e.g. plain nnU-Net or older folds).", ""]
+    hidiff = set(inp.hidiff_trainers())
+    table = []
+    for t in inp.trainers:
+        outputs = [REFINED, SEGMENTOR] if t in hidiff else [SEGMENTOR]
+        for i, output in enumerate(outputs):
+            row = [t, output, fmt_speed(seconds_per_iteration(inp, t)) if i == 0 else "",
+                   fmt_speed(validation_seconds_per_case(inp, t, output))]
+            if inp.test_images:
+                run = inp.test_predictions.get((t, output))
+                row.append(fmt_speed(run.seconds_per_case if run else None))
+            table.append(row)
+    header = ["Trainer", "Output", "s / training iteration", "Validation s / case"]
+    if inp.test_images:
+        header.append("Test s / case")
+    return lines + _table(header, table) + [""]
