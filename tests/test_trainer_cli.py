@@ -46,7 +46,7 @@ def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
     root, _, _ = trained
     fold = root / "results" / "Dataset990_Tiny" / TRAINER_DIR / "fold_0"
     summaries = {name: json.loads((fold / name / "summary.json").read_text())
-                 for name in ("validation", "validation_refined", "validation_segmentor")}
+                 for name in ("validation", "validation_refined", "validation_segmentor", "validation_refined_1steps")}
     assert all("HD95" in s["foreground_mean"] for s in summaries.values())
     record = read_fold_record(fold)
     assert record["trainer"] == "nnUNetTrainerHiDiff_smoke" and record["kind"] == "hidiff"
@@ -58,10 +58,14 @@ def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
         assert entry["folder"] == folder and entry["cases"] == len(summaries[folder]["metric_per_case"])
         assert entry["dice"] == summaries[folder]["foreground_mean"]["Dice"] and entry["seconds_per_case"] > 0
     decision = record["decision"]
-    chosen = "validation_refined" if decision["refine"] else "validation_segmentor"
+    chosen = ("validation_segmentor" if not decision["refine"] else
+              "validation_refined" if decision["steps"] == 2 else f"validation_refined_{decision['steps']}steps")
     assert summaries["validation"]["foreground_mean"] == summaries[chosen]["foreground_mean"]
+    assert record["validation"]["refined_1steps"]["folder"] == "validation_refined_1steps"  # decision_extra_steps
+    assert len(decision["candidates"]) == 3  # segmentor alone, 2 steps (the default), 1 step
     weights = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
-    assert weights["inference_decision"].tolist() == [int(decision["refine"]), 0]
+    stored_steps = decision["steps"] if decision["steps"] != 2 else 0  # 0 = the network's default steps
+    assert weights["inference_decision"].tolist() == [int(decision["refine"]), stored_steps]
 
 
 @pytest.mark.parametrize("refine", [False, True])

@@ -1,4 +1,4 @@
-"""nnUNetTrainerHiDiff: alternate-collaborative training of segmentor f and refiner g (Algorithm 1).
+"""nnUNetTrainerHiDiff: alternate-collaborative training of segmentor f (nnU-Net's SGD) and refiner g (Algorithm 1).
 
 Every iteration (after an optional warm-up in which the segmentor trains alone):
   (1) refiner step, f frozen: y_t ~ q(y_t | y0, p) with p = softmax(f(x)) detached; minimise L_diff
@@ -72,7 +72,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     prior_logit_noise = 0.0
     # the per-fold decision after validation (validation.py): extra step counts to try besides the default,
     # and the Dice gain refinement must bring
-    decision_extra_steps: Tuple[int, ...] = ()
+    decision_extra_steps: Tuple[int, ...] = (2, 5)
     decision_min_dice_gain = 0.0
     # warm-up: the paper pre-trains the segmentor for 40k iterations = 160 of nnU-Net's 250-iteration
     # epochs, i.e. 16 % of the default 1000 epochs. Skipped when a whole segmentor is loaded (below).
@@ -98,10 +98,10 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         # refuse before nnU-Net's __init__, which creates the fold's output folder and a log file
         check_supported(self.__class__.__name__, plans, configuration, dataset_json)
-        super().__init__(plans, configuration, fold, dataset_json, device)
         if self.segmentor_optimizer not in ("sgd", "adamw"):
             raise HiDiffConfigurationError(f"segmentor_optimizer must be 'sgd' or 'adamw', got "
                                            f"{self.segmentor_optimizer!r}")
+        super().__init__(plans, configuration, fold, dataset_json, device)
         if self.segmentor_optimizer == "adamw":  # else nnU-Net's initial_lr 1e-2 and weight_decay 3e-5
             self.initial_lr, self.weight_decay = self.learning_rate, self.hidiff_weight_decay
         apply_budget(self)

@@ -90,6 +90,7 @@ class nnUNetTrainerHiDiff_real_50epochs(nnUNetTrainerHiDiff_real):
 class nnUNetTrainerHiDiff_smoke(nnUNetTrainerHiDiff):
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 1, 2, 1
     warmup_epochs, refiner_width, inference_steps, inference_mirroring = 0, 8, 2, False
+    decision_extra_steps = (1,)
 
 
 class nnUNetTrainerHiDiff_real_smoke(nnUNetTrainerHiDiff_smoke):
@@ -104,6 +105,7 @@ class nnUNetTrainerHiDiff_joint_smoke(nnUNetTrainerHiDiff_smoke):
 class nnUNetTrainerHiDiff_demo(nnUNetTrainerHiDiff):
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 4, 25, 5
     warmup_epochs, inference_mirroring = 1, False
+    decision_extra_steps = ()  # the demo shows both outputs anyway; keep its validation short
 
 
 # ---- CPU benchmark budget (README, "Real results"): 6 epochs × 25 iterations = 150 iterations
