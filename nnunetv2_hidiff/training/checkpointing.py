@@ -72,10 +72,13 @@ def restore_hidiff_payload(trainer, h: dict) -> None:
     trainer.refiner_ema.load_state_dict(h["refiner_ema"])
     trainer.num_warmup_epochs = h["num_warmup_epochs"]
     trainer.nonfinite_in_a_row = h["nonfinite_in_a_row"]
-    trainer.diffusion_rng.set_state(h["diffusion_rng_state"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        set_rng_states(h["rng_states"])
+    if trainer.local_rank == 0:
+        trainer.diffusion_rng.set_state(h["diffusion_rng_state"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            set_rng_states(h["rng_states"])
+    else:  # the checkpoint holds rank 0's streams; other ranks continue from their own reproducible seed
+        trainer.diffusion_rng.manual_seed(trainer.diffusion_seed + trainer.current_epoch)
 
 
 def load_whole_segmentor(segmentor, path: str, device) -> None:
@@ -93,3 +96,62 @@ def load_whole_segmentor(segmentor, path: str, device) -> None:
     except RuntimeError as e:
         raise HiDiffConfigurationError(f"{path}: not a segmentor of this plan and dataset "
                                        f"({str(e).splitlines()[0]} ...)") from None
+
+
+def build_checkpoint(trainer) -> dict:
+    """nnU-Net's checkpoint keys (network weights with the EMA refiner: what nnUNetv2_predict loads) plus ours."""
+    with trainer.refiner_ema.applied_to(trainer.hidiff.refiner):
+        exported = {k: v.detach().clone() for k, v in trainer.hidiff.state_dict().items()}
+    return {
+        "network_weights": exported,
+        "optimizer_state": trainer.optimizer.state_dict(),
+        "grad_scaler_state": trainer.grad_scaler.state_dict() if trainer.grad_scaler is not None else None,
+        "logging": trainer.logger.get_checkpoint(),
+        "_best_ema": trainer._best_ema,
+        "current_epoch": trainer.current_epoch + 1,
+        "init_args": trainer.my_init_kwargs,
+        "trainer_name": trainer.__class__.__name__,
+        "inference_allowed_mirroring_axes": trainer.inference_allowed_mirroring_axes,
+        "hidiff": hidiff_payload(trainer),
+    }
+
+
+def read_checkpoint(trainer, filename_or_checkpoint) -> dict:
+    """The checkpoint dict, checked to be a HiDiff checkpoint of the trainer's configuration; anything else is
+    one HiDiffConfigurationError naming the file and the problem."""
+    from .common import HiDiffConfigurationError
+
+    source = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "the given checkpoint"
+    checkpoint = filename_or_checkpoint
+    if isinstance(filename_or_checkpoint, str):
+        try:
+            checkpoint = torch.load(filename_or_checkpoint, map_location=trainer.device, weights_only=False)
+        except Exception as e:
+            raise HiDiffConfigurationError(f"{source}: cannot read the checkpoint ({e}). The file may be "
+                                           f"truncated or not a PyTorch checkpoint.") from None
+    if "hidiff" not in checkpoint:
+        raise HiDiffConfigurationError(
+            f"{source} was written by {checkpoint.get('trainer_name', 'another trainer')}, not by a HiDiff "
+            f"trainer. To start HiDiff from a plain nnU-Net model, set "
+            f"nnUNet_HiDiff_pretrained_segmentor=<its checkpoint_final.pth> and train without --c.")
+    h = checkpoint["hidiff"]
+    if h["config"] != trainer.hidiff_config():
+        raise HiDiffConfigurationError(
+            f"{source} holds a HiDiff model with {h['config']} ({checkpoint['trainer_name']}), but "
+            f"{trainer.__class__.__name__} builds {trainer.hidiff_config()}.")
+    return checkpoint
+
+
+def restore_checkpoint(trainer, checkpoint: dict) -> None:
+    """Inverse of :func:`build_checkpoint` into an initialized trainer (nnU-Net's keys, then ours)."""
+    trainer.hidiff.load_state_dict(clean_state_dict(checkpoint["network_weights"]))
+    trainer.my_init_kwargs = checkpoint["init_args"]
+    trainer.current_epoch = checkpoint["current_epoch"]
+    trainer.logger.load_checkpoint(checkpoint["logging"])
+    trainer._best_ema = checkpoint["_best_ema"]
+    trainer.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                              trainer.inference_allowed_mirroring_axes)
+    trainer.optimizer.load_state_dict(checkpoint["optimizer_state"])
+    if trainer.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
+        trainer.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+    restore_hidiff_payload(trainer, checkpoint["hidiff"])

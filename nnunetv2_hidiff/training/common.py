@@ -2,11 +2,13 @@
 extended validation summary, and the fold record (fold_record.py) with epoch timing."""
 from __future__ import annotations
 
+import enum
 import time
 from statistics import median
 
 import torch
 
+from .distributed import all_ranks
 from .fold_record import read_fold_record, update_fold_record
 
 
@@ -33,20 +35,30 @@ def check_supported(name: str, plans: dict, configuration: str, dataset_json: di
         raise HiDiffConfigurationError(
             f"{name} does not support an ignore label (dataset.json label 'ignore'): the diffusion "
             f"target y0 needs a class for every pixel.")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():  # nnU-Net's is_ddp
-        raise HiDiffConfigurationError(f"{name} does not support multi-GPU (DDP) training.")
 
 
-def optimizer_step(loss, optimizers, modules, scaler) -> bool:
+class StepStatus(enum.Enum):
+    """What an optimizer step did; only OK is truthy. OVERFLOW: the loss was finite but the grad scaler found
+    inf/NaN in the scaled gradients (mixed precision's normal way to lower its scale), NONFINITE: anything else."""
+    OK = "ok"
+    NONFINITE = "nonfinite"
+    OVERFLOW = "overflow"
+
+    def __bool__(self) -> bool:
+        return self is StepStatus.OK
+
+
+def optimizer_step(loss, optimizers, modules, scaler) -> StepStatus:
     """Backward + clipped step (nnU-Net's clip at 12 per module) of one optimizer/module or of several sharing
-    one backward pass (and one grad scaler); returns False (and changes nothing) when the loss or any gradient
-    is not finite."""
+    one backward pass (and one grad scaler); changes nothing unless the loss and every gradient are finite.
+    Under DDP the ranks decide together (a rank that skipped the backward would leave the others waiting in
+    its all-reduce); after the backward the averaged gradients are the same on every rank."""
     optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
     modules = list(modules) if isinstance(modules, (list, tuple)) else [modules]
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
-        return False
+    if not all_ranks(bool(torch.isfinite(loss)), loss.device):
+        return StepStatus.NONFINITE
     if scaler is not None:
         scaler.scale(loss).backward()
         for optimizer in optimizers:
@@ -58,8 +70,9 @@ def optimizer_step(loss, optimizers, modules, scaler) -> bool:
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
-            scaler.update()
-        return False
+            scaler.update()  # lowers the scale (unscale_ recorded the inf)
+            return StepStatus.OVERFLOW
+        return StepStatus.NONFINITE
     for optimizer in optimizers:
         if scaler is not None:
             scaler.step(optimizer)
@@ -67,23 +80,30 @@ def optimizer_step(loss, optimizers, modules, scaler) -> bool:
             optimizer.step()
     if scaler is not None:
         scaler.update()
-    return True
+    return StepStatus.OK
 
 
-def track_nonfinite(trainer, ok: bool) -> int:
-    """Count skipped steps in a row; stop with a clear message after trainer.max_nonfinite_in_a_row.
-    Returns 1 for a skipped step, else 0."""
-    if ok:
-        trainer.nonfinite_in_a_row = 0
+def track_nonfinite(trainer, status) -> int:
+    """Count skipped steps in a row; stop with a clear message after trainer.max_nonfinite_in_a_row
+    (grad-scaler overflows with a finite loss are mixed precision's normal business and count only towards
+    trainer.max_overflow_in_a_row, each halving the scale). Returns 1 for a skipped step, else 0."""
+    if status:
+        trainer.nonfinite_in_a_row = trainer.overflow_in_a_row = 0
         return 0
-    trainer.nonfinite_in_a_row += 1
-    trainer.print_to_log_file(f"Non-finite loss or gradient in epoch {trainer.current_epoch}: step skipped "
-                              f"({trainer.nonfinite_in_a_row} in a row).")
-    if trainer.nonfinite_in_a_row >= trainer.max_nonfinite_in_a_row:
+    overflow = status is StepStatus.OVERFLOW
+    if overflow:
+        trainer.overflow_in_a_row += 1
+    else:
+        trainer.nonfinite_in_a_row += 1
+    count, limit = ((trainer.overflow_in_a_row, trainer.max_overflow_in_a_row) if overflow
+                    else (trainer.nonfinite_in_a_row, trainer.max_nonfinite_in_a_row))
+    what = "Gradient overflow under mixed precision" if overflow else "Non-finite loss or gradient"
+    trainer.print_to_log_file(f"{what} in epoch {trainer.current_epoch}: step skipped ({count} in a row).")
+    if count >= limit:
         raise RuntimeError(
-            f"{trainer.nonfinite_in_a_row} training steps in a row had a non-finite loss or gradient "
-            f"(limit max_nonfinite_in_a_row={trainer.max_nonfinite_in_a_row}); stopping. Check the "
-            f"preprocessed data for NaN/Inf and consider a lower learning rate. The last good "
+            f"{count} training steps in a row had a non-finite loss or gradient "
+            f"(limit {'max_overflow_in_a_row' if overflow else 'max_nonfinite_in_a_row'}={limit}); stopping. "
+            f"Check the preprocessed data for NaN/Inf and consider a lower learning rate. The last good "
             f"checkpoint is {trainer.output_folder}/checkpoint_latest.pth (resume with --c).")
     return 1
 

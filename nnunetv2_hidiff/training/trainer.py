@@ -30,13 +30,14 @@ from torch import autocast
 from nnunetv2_hidiff.atomic import atomic_torch_save
 from nnunetv2_hidiff.diffusion import diffusion_loss
 from nnunetv2_hidiff.evaluation.metrics import nan_mean
-from nnunetv2_hidiff.networks import build_hidiff_network
+from nnunetv2_hidiff.networks import SegmentorOutput, build_hidiff_network
 
-from .checkpointing import (clean_state_dict, hidiff_payload, load_whole_segmentor, restore_hidiff_payload,
+from .checkpointing import (build_checkpoint, load_whole_segmentor, read_checkpoint, restore_checkpoint,
                             unwrap_and_compile)
 from .common import (HiDiffConfigurationError, apply_budget, apply_inference_mirroring, check_supported,
                      optimizer_step, perturbed_prior, pseudo_dice_counts, record_epoch_time, start_epoch_timer,
                      track_nonfinite, write_start_record)
+from .distributed import gathered, rank_seed, use_cpu_when_no_cuda, wrap_networks
 from .ema import ModelEMA
 from .fold_record import update_fold_record
 from .inference_settings import apply_inference_settings
@@ -89,6 +90,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     inference_steps: Optional[int] = None  # None → T
     inference_mirroring = True  # False: no mirroring test-time augmentation in validation/prediction
     max_nonfinite_in_a_row = 5
+    max_overflow_in_a_row = 40  # grad-scaler overflows (CUDA mixed precision), each halves the scale
     # training budget (None keeps nnU-Net's 1000 × 250 iterations, 50 validation iterations)
     budget_epochs: Optional[int] = None
     budget_iterations_per_epoch: Optional[int] = None
@@ -102,6 +104,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             raise HiDiffConfigurationError(f"segmentor_optimizer must be 'sgd' or 'adamw', got "
                                            f"{self.segmentor_optimizer!r}")
         super().__init__(plans, configuration, fold, dataset_json, device)
+        use_cpu_when_no_cuda(self)  # DDP (-num_gpus) on a CPU process group: the tests' gloo runs
         if self.segmentor_optimizer == "adamw":  # else nnU-Net's initial_lr 1e-2 and weight_decay 3e-5
             self.initial_lr, self.weight_decay = self.learning_rate, self.hidiff_weight_decay
         apply_budget(self)
@@ -112,8 +115,11 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         self.hidiff = None  # HiDiffNetwork, set in initialize()
         self.refiner_optimizer = self.refiner_lr_scheduler = self.refiner_ema = None
         self.refiner_grad_scaler = (torch.amp.GradScaler("cuda") if self.device.type == "cuda" else None)
-        self.diffusion_rng = torch.Generator(device=self.device).manual_seed(20240703 + fold if isinstance(fold, int) else 20240703)
-        self.nonfinite_in_a_row = 0
+        # the diffusion's random numbers: reproducible, different per fold and per DDP rank
+        self.diffusion_seed = rank_seed(20240703 + (fold if isinstance(fold, int) else 0), self.local_rank)
+        self.diffusion_rng = torch.Generator(device=self.device).manual_seed(self.diffusion_seed)
+        self.segmentor_ddp = self.refiner_ddp = None  # the DDP wrappers (distributed.py) under -num_gpus
+        self.nonfinite_in_a_row = self.overflow_in_a_row = 0
         self.warm_start_source: Optional[str] = None
         self.validated_checkpoint: Optional[str] = None  # the file --val/--val_best loaded
 
@@ -137,10 +143,20 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         return network
 
     def initialize(self):
-        super().initialize()
+        # under DDP, nnU-Net would wrap the whole network in one DistributedDataParallel; HiDiff's two networks with
+        # their own optimizers get one wrapper each (distributed.py); the batch split and the loss stay nnU-Net's
+        ddp, self.is_ddp = self.is_ddp, False
+        try:
+            super().initialize()
+        finally:
+            self.is_ddp = ddp
         # nnU-Net compiles the whole network on CUDA; only the segmentor's own calls would benefit, and the wrapper
         # would put "_orig_mod." into every checkpoint key. Compile in place instead (keys unchanged).
         self.hidiff = unwrap_and_compile(self.network, self.compile_backend)
+        if ddp:
+            self._set_batch_size_and_oversample()
+            self.loss = self._build_loss()
+            self.segmentor_ddp, self.refiner_ddp = wrap_networks(self)
         self.refiner_ema = ModelEMA(self.hidiff.refiner, self.refiner_ema_decay)
         # Until training starts, nnU-Net sees the segmentor alone, so that `-pretrained_weights` (which
         # requires every key of the network in the file) loads a plain nnUNetTrainer checkpoint into it.
@@ -210,6 +226,13 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             else target.to(self.device, non_blocking=True)
         return data, target
 
+    def _segment(self, data):
+        """The segmentor's training forward (through its DDP wrapper under -num_gpus)."""
+        if self.segmentor_ddp is None:
+            return self.hidiff.segment(data)
+        logits, skips = self.segmentor_ddp(data)
+        return SegmentorOutput(logits, skips)
+
     def prepare_diffusion(self, data, target):
         """Segmentor forward (with grad) and the diffusion sample of Algorithm 1 for one batch.
 
@@ -217,7 +240,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         only seg and l_disc when L_disc is not finite (a bad batch the caller skips).
         """
         with self._autocast():
-            seg = self.hidiff.segment(data)
+            seg = self._segment(data) if self.alternate_training else self.hidiff.segment(data)
             l_disc = self.loss(seg.logits, target)
         if not torch.isfinite(l_disc):
             return dict(seg=seg, l_disc=l_disc)
@@ -233,9 +256,10 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         """p for the diffusion terms: softmax of the logits, perturbed (common.perturbed_prior); differentiable."""
         return perturbed_prior(logits, self.prior_temperature_max, self.prior_logit_noise, self.diffusion_rng)
 
-    def _l_diff(self, data, s: dict, prior, features):
+    def _l_diff(self, data, s: dict, prior, features, frozen: bool = False):
+        refiner = self.hidiff.refiner if frozen or self.refiner_ddp is None else self.refiner_ddp
         with self._autocast():
-            eps_logits = self.hidiff.refiner_forward(data, s["y_t"], prior, s["t"], features).float()
+            eps_logits = refiner(data, s["y_t"], prior, s["t"], features).float()
         return diffusion_loss(self.hidiff.diffusion, eps_logits, s["eps"], s["y_t"], s["y0"], prior, s["t"],
                               gamma=self.focal_gamma, lambda_focal=self.lambda_focal)
 
@@ -255,7 +279,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             refiner.eval()
             refiner.requires_grad_(False)
             try:
-                loss = loss + self.lambda_diff * self._l_diff(data, s, s["prior"], s["seg"].features).total
+                loss = loss + self.lambda_diff * self._l_diff(data, s, s["prior"], s["seg"].features, True).total
             finally:
                 refiner.requires_grad_(True)
                 refiner.train()
@@ -269,7 +293,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         s = self.prepare_diffusion(data, target) if self.diffusion_active() else None
         if s is None:  # warm-up: nnU-Net's own step on L_disc, with our optimizer
             with self._autocast():
-                l_disc = self.loss(self.hidiff.segment(data).logits, target)
+                l_disc = self.loss(self._segment(data).logits, target)
             ok = optimizer_step(l_disc, self.optimizer, self.hidiff.segmentor, self.grad_scaler)
             out["loss"] = float(l_disc.detach())
         elif not torch.isfinite(s["l_disc"]):
@@ -299,11 +323,11 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         outputs = collate_outputs(train_outputs)
-        self.logger.log("train_losses", nan_mean(outputs["loss"]), self.current_epoch)
+        self.logger.log("train_losses", nan_mean(gathered(outputs["loss"])), self.current_epoch)
         for key in ("refiner_loss", "refiner_kl", "refiner_focal"):
             log_key = "refiner_losses" if key == "refiner_loss" else key
-            self.logger.log(log_key, nan_mean(outputs[key]), self.current_epoch)
-        self.logger.log("nonfinite_steps", int(np.sum(outputs["skipped"])), self.current_epoch)
+            self.logger.log(log_key, nan_mean(gathered(outputs[key])), self.current_epoch)
+        self.logger.log("nonfinite_steps", int(np.sum(gathered(outputs["skipped"]))), self.current_epoch)
         record_epoch_time(self)
 
     # ------------------------------------------------------------------ validation
@@ -347,54 +371,12 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         if self.disable_checkpointing:
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
-        with self.refiner_ema.applied_to(self.hidiff.refiner):  # what nnUNetv2_predict loads
-            exported = {k: v.detach().clone() for k, v in self.hidiff.state_dict().items()}
-        checkpoint = {
-            "network_weights": exported,
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            "hidiff": hidiff_payload(self),
-        }
-        atomic_torch_save(checkpoint, filename)
+        atomic_torch_save(build_checkpoint(self), filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not self.was_initialized:
             self.initialize()
-        source = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "the given checkpoint"
         if isinstance(filename_or_checkpoint, str):
             self.validated_checkpoint = filename_or_checkpoint
-            try:
-                checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-            except Exception as e:
-                raise HiDiffConfigurationError(f"{source}: cannot read the checkpoint ({e}). The file may be "
-                                               f"truncated or not a PyTorch checkpoint.") from None
-        else:
-            checkpoint = filename_or_checkpoint
-        if "hidiff" not in checkpoint:
-            raise HiDiffConfigurationError(
-                f"{source} was written by {checkpoint.get('trainer_name', 'another trainer')}, not by a HiDiff "
-                f"trainer. To start HiDiff from a plain nnU-Net model, set "
-                f"nnUNet_HiDiff_pretrained_segmentor=<its checkpoint_final.pth> and train without --c.")
-        h = checkpoint["hidiff"]
-        if h["config"] != self.hidiff_config():
-            raise HiDiffConfigurationError(
-                f"{source} holds a HiDiff model with {h['config']} ({checkpoint['trainer_name']}), but "
-                f"{self.__class__.__name__} builds {self.hidiff_config()}.")
-        self.hidiff.load_state_dict(clean_state_dict(checkpoint["network_weights"]))
-        self.my_init_kwargs = checkpoint["init_args"]
-        self.current_epoch = checkpoint["current_epoch"]
-        self.logger.load_checkpoint(checkpoint["logging"])
-        self._best_ema = checkpoint["_best_ema"]
-        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
-                                                               self.inference_allowed_mirroring_axes)
-        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
-        if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
-            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
-        restore_hidiff_payload(self, h)
+        restore_checkpoint(self, read_checkpoint(self, filename_or_checkpoint))
         self.network = self.hidiff

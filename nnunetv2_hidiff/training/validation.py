@@ -27,6 +27,7 @@ import torch
 from nnunetv2_hidiff.atomic import atomic_torch_save
 
 from .common import extend_validation_summary
+from .distributed import barrier, broadcast_object
 from .fold_record import VALIDATION, VALIDATION_REFINED, VALIDATION_SEGMENTOR, update_fold_record
 
 
@@ -103,17 +104,19 @@ def validate_and_decide(trainer, run_validation: Callable[[bool], None], save_pr
             if refine:
                 net.num_inference_steps = steps
             start = time.perf_counter()
-            run_validation(save_probabilities)
+            run_validation(save_probabilities)  # under DDP: every rank predicts its share, rank 0 summarises
             seconds = time.perf_counter() - start
-            scores[name] = _score(extend_validation_summary(trainer, VALIDATION), join(out, VALIDATION))
-            if trainer.local_rank == 0:
+            if trainer.local_rank == 0:  # scores and folders are rank 0's (the others get them below)
+                scores[name] = _score(extend_validation_summary(trainer, VALIDATION), join(out, VALIDATION))
                 replace_folder(join(out, VALIDATION), join(out, folder), move=name == "segmentor")
-            record[name] = {"folder": folder, "cases": n_cases, "refine": refine, "steps": steps,
-                            "seconds_per_case": round(seconds / max(n_cases, 1), 4), **scores[name]}
-            trainer.print_to_log_file(f"Validation, {name}: foreground Dice {scores[name]['dice']:.4f}, "
-                                      f"HD95 {scores[name]['hd95']:.4f}, {seconds / max(n_cases, 1):.2f} s/case")
+                record[name] = {"folder": folder, "cases": n_cases, "refine": refine, "steps": steps,
+                                "seconds_per_case": round(seconds / max(n_cases, 1), 4), **scores[name]}
+                trainer.print_to_log_file(f"Validation, {name}: foreground Dice {scores[name]['dice']:.4f}, "
+                                          f"HD95 {scores[name]['hd95']:.4f}, {seconds / max(n_cases, 1):.2f} s/case")
+            barrier()  # no rank writes the next run into validation/ before rank 0 has moved this one
     finally:
         net.refine, net.steps_forced, net.num_inference_steps = forced_refine, forced_steps, steps_before
+    scores, record = broadcast_object((scores, record))
     candidates = [{"refine": True, "steps": r["steps"], "dice": r["dice"], "hd95": r["hd95"]}
                   for name, r in record.items() if name != "segmentor"]
     decision = decide(record["segmentor"], candidates, trainer.decision_min_dice_gain)
@@ -130,4 +133,5 @@ def validate_and_decide(trainer, run_validation: Callable[[bool], None], save_pr
         if isfile(checkpoint):
             write_decision_into_checkpoint(checkpoint, net.inference_decision)
         update_fold_record(out, validation=record, decision=decision)
+    barrier()
     return decision
