@@ -415,3 +415,29 @@ def test_cached_batched_chain_equals_the_straightforward_chain(binary, k, sample
         slow = out.pred_y0.view(samples, *x.shape[:1], *out.pred_y0.shape[1:]).mean(0)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
     assert fast.shape == (2, k, 56, 40) and not torch.equal(fast.round(), prior.round())
+
+
+def test_refinement_noise_is_drawn_on_the_cpu_whatever_the_device(monkeypatch):
+    """nnunetv2_hidiff_predict / nnUNetv2_predict with -device cuda must give the CPU's masks for the same seed:
+    CUDA generators give other streams for a seed, so every random field of the chain is drawn by a CPU
+    generator and moved to the tensors' device (checked here with torch's 'meta' device standing in for a GPU;
+    scripts/gpu_check.sh compares real CPU and CUDA outputs)."""
+    from nnunetv2_hidiff.diffusion import sampler as sampler_module
+
+    g = torch.Generator().manual_seed(3)
+    like = torch.empty(2, 3, 5, 4, device="meta")
+    u = sampler_module.uniform(like, g)
+    assert u.device.type == "meta" and u.shape == like.shape
+    torch.testing.assert_close(sampler_module.uniform(torch.empty(2, 3, 5, 4), torch.Generator().manual_seed(3)),
+                               torch.rand(2, 3, 5, 4, generator=torch.Generator().manual_seed(3)))
+    seen = []
+    original = sampler_module.uniform
+    monkeypatch.setattr(sampler_module, "uniform", lambda like, generator=None: seen.append(
+        (generator.device.type, like.device.type)) or original(like, generator))
+    net = _build(str(HIPPO_PLANS), ds=False)
+    net.eval()
+    for transition in ("renoise", "sample"):
+        net.transition = transition
+        with torch.no_grad():
+            net(torch.randn(1, 1, 56, 40))
+    assert seen and all(gen == "cpu" for gen, _ in seen)

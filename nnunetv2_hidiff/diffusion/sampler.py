@@ -27,6 +27,19 @@ class SamplerStepOutput:
     prev_mean: torch.Tensor
 
 
+def uniform(like: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """U[0, 1) of ``like``'s shape on ``like``'s device, drawn on the generator's device: with a CPU generator
+    the numbers (hence the refined masks) are the same whether the chain runs on the CPU or on a GPU, whose
+    generators produce other streams for the same seed."""
+    device = generator.device if generator is not None else like.device
+    return torch.rand(like.shape, generator=generator, device=device, dtype=torch.float32).to(like.device)
+
+
+def bernoulli(mean: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A Bernoulli sample 1[u < mean] with u from :func:`uniform` (device-independent like it)."""
+    return (uniform(mean, generator) < mean).to(mean.dtype)
+
+
 def respaced_timesteps(num_steps: int, num_inference_steps: int) -> List[int]:
     """Evenly spaced descending subsequence of 1..T with T first, e.g. T=10, n=4 → [10, 7, 4, 1]."""
     if not 1 <= num_inference_steps <= num_steps:
@@ -101,12 +114,12 @@ class BernoulliDDIMSampler:
     def initial_sample(self, prior: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """y_T ~ B(p), the start of the reverse chain (Algorithm 2), drawn as 1[u < p]; u (uniform, p's shape)
         is kept as this chain's noise field for transition "renoise"."""
-        self._noise = torch.rand(prior.shape, generator=generator, device=prior.device, dtype=torch.float32)
+        self._noise = uniform(prior, generator)
         return (self._noise < prior.clamp(0, 1)).to(prior.dtype)
 
     def _chain_noise(self, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         if self._noise is None or self._noise.shape != like.shape or self._noise.device != like.device:
-            self._noise = torch.rand(like.shape, generator=generator, device=like.device, dtype=torch.float32)
+            self._noise = uniform(like, generator)
         return self._noise
 
     def step(self, eps_hat: torch.Tensor, t: int, y_t: torch.Tensor, prior: torch.Tensor,
@@ -131,11 +144,11 @@ class BernoulliDDIMSampler:
             mean = sigma * y_t + (ab_prev - sigma * ab_t) * y0_hat + coef_prior * prior
         mean = mean.clamp(0, 1)
         if t_prev == 0:
-            prev = mean if self.final == "mean" else torch.bernoulli(mean, generator=generator)
+            prev = mean if self.final == "mean" else bernoulli(mean, generator)
         elif self.transition == "renoise":
             prev = (self._chain_noise(mean, generator) < mean).to(mean.dtype)
         elif self.transition in ("sample", "renoise_fresh"):
-            prev = torch.bernoulli(mean, generator=generator)
+            prev = bernoulli(mean, generator)
         else:
             prev = (mean > 0.5).to(mean.dtype)
         return SamplerStepOutput(prev_sample=prev, pred_y0=y0_hat, prev_mean=mean)

@@ -38,8 +38,8 @@ class HiDiffNetwork(nn.Module):
 
     Inference settings (plain attributes, change them any time):
         num_inference_steps (default diffusion.num_steps), num_samples (1; all samples run as one batch),
-        seed (0; a fresh torch.Generator on the input's device seeded with it per forward call makes the
-        output deterministic), output_space ("log" | "logit"), transition (see BernoulliDDIMSampler;
+        seed (0; a fresh CPU torch.Generator seeded with it per forward call makes the output deterministic
+        and the same on every device: the random fields are drawn on the CPU and moved), output_space ("log" | "logit"), transition (see BernoulliDDIMSampler;
         default "renoise"), refine (None: follow the stored decision; True/False force refinement on/off),
         steps_forced (False: steps stored in the decision win over num_inference_steps).
 
@@ -155,7 +155,7 @@ class HiDiffNetwork(nn.Module):
         """
         sampler = self._sampler_class()(self.diffusion, num_inference_steps=steps or self.num_inference_steps,
                                         final="mean", transition=self.transition)
-        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the same masks on every device
         n = self.num_samples
 
         def repeat(v: torch.Tensor) -> torch.Tensor:
