@@ -5,8 +5,9 @@
 The nnU-Net paths come from the environment (the tiny dataset of the tests). Modes:
   warmup  segmentor-only steps on fixed batches, each rank taking its share of the batch (rows rank::world);
           with WORLD_SIZE 1 the same steps on the whole batch: the reference a DDP run must match
-  hidiff  HiDiff steps (refiner step, then segmentor step) on fixed batches, rank 1 getting a NaN batch once
-  train   nnU-Net's own route: get_trainer_from_args, run_training, perform_actual_validation
+  steps   warmup, then HiDiff steps (refiner step, then segmentor step) on a fresh trainer, rank 1 getting a
+          NaN batch once
+  train   nnU-Net's own route for fold 2: get_trainer_from_args, run_training, perform_actual_validation
 Each rank writes OUT_DIR/rank<r>.pt with what the test compares.
 """
 from __future__ import annotations
@@ -31,9 +32,32 @@ def _share(batch: dict, rank: int, world: int) -> dict:
     return {"data": batch["data"][rank::world], "target": [t[rank::world] for t in batch["target"]]}
 
 
-def run(rank: int, mode: str, world: int, out: str) -> None:
+def _steps(rank: int, world: int, warmup: bool) -> dict:
+    """STEPS training steps of a fresh smoke trainer on this rank's share of fixed batches."""
     from trainer_utils import make_batch, make_trainer
 
+    trainer = make_trainer("nnUNetTrainerHiDiff_smoke")
+    trainer.initialize()
+    trainer.network = trainer.hidiff
+    trainer.hidiff.train()
+    if warmup:
+        trainer.num_warmup_epochs = 10
+    initial = _params(trainer.hidiff)
+    skipped, draws = [], []
+    for step in range(STEPS):
+        batch = _share(make_batch(trainer, seed=step, batch_size=4), rank, world)
+        if not warmup and step == 1 and rank == 1:
+            batch["data"] = batch["data"] * float("nan")  # only this rank's batch is bad
+        # what this rank's diffusion generator would draw next (a copy of its state; it is not advanced)
+        draws.append(torch.rand(4, generator=torch.Generator().set_state(trainer.diffusion_rng.get_state())))
+        skipped.append(trainer.train_step(batch)["skipped"])
+    ema = trainer.refiner_ema.shadow
+    return dict(initial=initial, final=_params(trainer.hidiff), skipped=skipped, draws=draws,
+                ema={k: ema[k].clone() for k, _ in trainer.hidiff.refiner.named_parameters()},
+                segmentor_wrapped=trainer.segmentor_ddp is not None, refiner_wrapped=trainer.refiner_ddp is not None)
+
+
+def run(rank: int, mode: str, world: int, out: str) -> None:
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world)
     torch.manual_seed(0)
@@ -41,33 +65,16 @@ def run(rank: int, mode: str, world: int, out: str) -> None:
     if mode == "train":
         from nnunetv2.run.run_training import get_trainer_from_args
 
-        trainer = get_trainer_from_args("990", "2d", 0, "nnUNetTrainerHiDiff_smoke", "nnUNetPlans",
+        trainer = get_trainer_from_args("990", "2d", 2, "nnUNetTrainerHiDiff_smoke", "nnUNetPlans",
                                         device=torch.device("cpu"))
         trainer.run_training()
         trainer.perform_actual_validation(False)
         result.update(batch_size=trainer.batch_size, output_folder=trainer.output_folder,
                       is_ddp=trainer.is_ddp, device=str(trainer.device))
     else:
-        trainer = make_trainer("nnUNetTrainerHiDiff_smoke")
-        trainer.initialize()
-        trainer.network = trainer.hidiff
-        trainer.hidiff.train()
-        if mode == "warmup":
-            trainer.num_warmup_epochs = 10
-        initial = _params(trainer.hidiff)
-        skipped, draws = [], []
-        for step in range(STEPS):
-            batch = _share(make_batch(trainer, seed=step, batch_size=4), rank, world)
-            if mode == "hidiff" and step == 1 and rank == 1:
-                batch["data"] = batch["data"] * float("nan")  # only this rank's batch is bad
-            # what this rank's diffusion generator would draw next (a copy of its state; it is not advanced)
-            draws.append(torch.rand(4, generator=torch.Generator().set_state(trainer.diffusion_rng.get_state())))
-            skipped.append(trainer.train_step(batch)["skipped"])
-        ema = trainer.refiner_ema.shadow
-        result.update(initial=initial, final=_params(trainer.hidiff), skipped=skipped, draws=draws,
-                      ema={k: ema[k].clone() for k, _ in trainer.hidiff.refiner.named_parameters()},
-                      segmentor_wrapped=trainer.segmentor_ddp is not None,
-                      refiner_wrapped=trainer.refiner_ddp is not None)
+        result["warmup"] = _steps(rank, world, warmup=True)
+        if mode == "steps":
+            result["hidiff"] = _steps(rank, world, warmup=False)
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     if world > 1:
         dist.barrier()

@@ -34,9 +34,14 @@ def _assert_same(a: dict, b: dict, **tol) -> None:
         torch.testing.assert_close(a[k], b[k], msg=k, **tol)
 
 
-def test_segmentor_steps_under_ddp_equal_one_process_on_the_whole_batch(tiny_nnunet, tmp_path):
-    ranks = _run(tiny_nnunet, "warmup", 2, tmp_path / "ddp")
-    (single,) = _run(tiny_nnunet, "warmup", 1, tmp_path / "single")
+@pytest.fixture(scope="module")
+def ddp_steps(tiny_nnunet, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_steps")
+    return _run(tiny_nnunet, "steps", 2, out / "ddp"), _run(tiny_nnunet, "warmup", 1, out / "single")[0]
+
+
+def test_segmentor_steps_under_ddp_equal_one_process_on_the_whole_batch(ddp_steps):
+    ranks, single = [r["warmup"] for r in ddp_steps[0]], ddp_steps[1]["warmup"]
     assert ranks[0]["segmentor_wrapped"] and not single["segmentor_wrapped"]
     seg = lambda d: {k: v for k, v in d.items() if k.startswith("segmentor.")}  # noqa: E731
     _assert_same(seg(ranks[0]["final"]), seg(ranks[1]["final"]), rtol=0, atol=0)
@@ -46,8 +51,8 @@ def test_segmentor_steps_under_ddp_equal_one_process_on_the_whole_batch(tiny_nnu
     _assert_same(seg(ranks[0]["final"]), seg(single["final"]), rtol=1e-3, atol=1e-5)
 
 
-def test_hidiff_steps_keep_every_rank_identical_and_skip_a_bad_batch_together(tiny_nnunet, tmp_path):
-    r0, r1 = _run(tiny_nnunet, "hidiff", 2, tmp_path)
+def test_hidiff_steps_keep_every_rank_identical_and_skip_a_bad_batch_together(ddp_steps):
+    r0, r1 = [r["hidiff"] for r in ddp_steps[0]]
     assert r0["segmentor_wrapped"] and r0["refiner_wrapped"]
     assert r0["skipped"] == r1["skipped"] == [0, 1, 0]  # rank 1's NaN batch: both ranks skipped step 1
     _assert_same(r0["final"], r1["final"], rtol=0, atol=0)

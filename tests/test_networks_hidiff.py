@@ -441,3 +441,42 @@ def test_refinement_noise_is_drawn_on_the_cpu_whatever_the_device(monkeypatch):
         with torch.no_grad():
             net(torch.randn(1, 1, 56, 40))
     assert seen and all(gen == "cpu" for gen, _ in seen)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_time_codes_cached_at_inference_equal_fresh_ones_and_follow_weight_changes(binary):
+    """At inference the refiner keeps e_t per t and every TB/TA layer its α(t), γ(t), ζ(t): the outputs equal the
+    uncached computation (autograd on), for every t, and a weight change (an optimizer step, load_state_dict,
+    the EMA swap) is seen at the next call."""
+    net = _build(str(HIPPO_PLANS), binary=binary, ds=False)
+    with torch.no_grad():  # non-zero time codes, so that a stale cache would show
+        for m in net.refiner.modules():
+            if isinstance(m, torch.nn.Linear) and m.weight.shape[1] == 16:
+                m.weight.normal_(0, 0.5)
+                m.bias.normal_(0, 0.5)
+    net.eval()
+    x = torch.randn(2, 1, 56, 40)
+    with torch.no_grad():
+        seg = net.segment(x)
+        prior = net.prior_from_logits(seg.logits)
+        y = torch.bernoulli(prior)
+        projected = net.refiner.project_features(seg.features)
+
+    def cached(t):
+        with torch.no_grad():
+            return net.refiner(x, y, prior, t, projected=projected)
+
+    def fresh(t):
+        return net.refiner(x, y, prior, t, projected=projected).detach()  # autograd on: no cache
+
+    for t in (10, 3, torch.tensor([2, 7]), 10, 3):
+        torch.testing.assert_close(cached(t), fresh(t), rtol=0, atol=0)
+    assert net.refiner.__dict__.get("_time_embedding_cache")
+    state = {k: v.clone() for k, v in net.refiner.state_dict().items()}
+    with torch.no_grad():
+        for m in net.refiner.modules():
+            if isinstance(m, torch.nn.Linear) and m.weight.shape[1] == 16:
+                m.bias.add_(0.3)
+    torch.testing.assert_close(cached(3), fresh(3), rtol=0, atol=0)
+    net.refiner.load_state_dict(state)
+    torch.testing.assert_close(cached(3), fresh(3), rtol=0, atol=0)

@@ -12,6 +12,7 @@ Conventions:
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Optional, Sequence, Union
 
@@ -185,6 +186,32 @@ def _channel_view(v: torch.Tensor, x: torch.Tensor, channel_last: bool) -> torch
     return v.view(*v.shape, *([1] * (x.dim() - 2)))
 
 
+_TIME_KEYS = itertools.count()
+
+
+def mark_cached_embedding(emb: torch.Tensor) -> torch.Tensor:
+    """Tag a time embedding that a refiner keeps for reuse (see HiDiffRefiner.time_embedding) with a key that no
+    other tensor will ever carry, so that TB/TA layers may cache what they compute from it."""
+    emb._hidiff_time_key = next(_TIME_KEYS)
+    return emb
+
+
+def time_code(module: nn.Module, linear: nn.Linear, emb: torch.Tensor) -> torch.Tensor:
+    """linear(SiLU(e_t)) of a TB/TA layer. At inference (eval mode, no autograd) and for a tagged embedding it is
+    computed once per embedding and weights (the refiner's T steps per patch reuse the same few values of t)."""
+    key = getattr(emb, "_hidiff_time_key", None)
+    if key is None or module.training or torch.is_grad_enabled():
+        return linear(F.silu(emb))
+    key = (key, linear.weight.data_ptr(), linear.weight._version, linear.bias._version)
+    cache = module.__dict__.setdefault("_time_code_cache", {})
+    code = cache.get(key)
+    if code is None:
+        if len(cache) >= 64:
+            cache.clear()
+        code = cache[key] = linear(F.silu(emb))
+    return code
+
+
 def _zero_linear(in_features: int, out_features: int) -> nn.Linear:
     lin = nn.Linear(in_features, out_features)
     nn.init.zeros_(lin.weight)
@@ -208,7 +235,7 @@ class TimeThreshold(nn.Module):
         self.threshold = _zero_linear(emb_dim, channels)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        u = x - _channel_view(self.threshold(F.silu(emb)), x, self.channel_last)
+        u = x - _channel_view(time_code(self, self.threshold, emb), x, self.channel_last)
         return binarize_activation(u) if self.binary else u
 
 
@@ -230,7 +257,7 @@ class TimeActivation(nn.Module):
         self.slope = nn.Parameter(torch.full((channels,), float(init_slope)))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        gamma, zeta = self.shifts(F.silu(emb)).chunk(2, dim=1)
+        gamma, zeta = time_code(self, self.shifts, emb).chunk(2, dim=1)
         z = x - _channel_view(gamma, x, self.channel_last)
         if self.channel_last:
             act = torch.where(z > 0, z, self.slope * z)

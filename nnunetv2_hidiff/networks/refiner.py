@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .binary import TimestepEmbedding, make_conv
+from .binary import TimestepEmbedding, make_conv, mark_cached_embedding
 from .blocks import FeatureFusion, RefinerBlock
 from .xformer import XFormer
 
@@ -117,6 +117,21 @@ class HiDiffRefiner(nn.Module):
             raise ValueError(f"expected {len(self.widths)} segmentor feature maps, got {len(features)}")
         return [fusion.project(f) for fusion, f in zip(self.fusions, features)]
 
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        """e_t for t (B,). At inference (eval mode, no autograd) kept per distinct t (and weights), so that the TB/TA
+        layers compute their time codes once per t instead of at every step of every patch (binary.time_code)."""
+        if self.training or torch.is_grad_enabled():
+            return self.time_embed(t)
+        params = tuple((p.data_ptr(), p._version) for p in self.time_embed.parameters())
+        key = (tuple(t.tolist()), str(t.device), torch.is_autocast_enabled(t.device.type), params)
+        cache = self.__dict__.setdefault("_time_embedding_cache", {})
+        emb = cache.get(key)
+        if emb is None:
+            if len(cache) >= 64:
+                cache.clear()
+            emb = cache[key] = mark_cached_embedding(self.time_embed(t))
+        return emb
+
     def forward(self, x: torch.Tensor, y_t: torch.Tensor, prior: torch.Tensor, t: Union[torch.Tensor, int],
                 features: Optional[Sequence[torch.Tensor]] = None,
                 projected: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
@@ -135,7 +150,7 @@ class HiDiffRefiner(nn.Module):
         b = x.shape[0]
         if not torch.is_tensor(t) or t.dim() == 0:
             t = torch.full((b,), int(t), dtype=torch.long, device=x.device)
-        emb = self.time_embed(t.to(x.device))
+        emb = self.time_embedding(t.to(x.device))
         h = self.stem(torch.cat([x, y_t.to(x.dtype), prior.to(x.dtype)], dim=1))
 
         skips = []
