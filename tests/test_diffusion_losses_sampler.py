@@ -67,6 +67,19 @@ def test_diffusion_loss_terms():
     assert worse.total.item() == pytest.approx(worse.kl.item() + worse.focal.item(), rel=1e-6)
     half = diffusion_loss(d, bad, eps, y_t, y0, p, t, lambda_focal=0.5)
     assert half.total.item() == pytest.approx(half.kl.item() + 0.5 * half.focal.item(), rel=1e-6)
+    # the BCE share: λ_bce·BCE(ε̂, ε) on top; on "easy" entries (ε = 0) with ε̂ = 0.04 its gradient is 100x the
+    # focal term's (γ = 2), which is what calibrates ε̂ there
+    with_bce = diffusion_loss(d, bad, eps, y_t, y0, p, t, lambda_bce=2.0)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(bad, eps)
+    assert with_bce.total.item() == pytest.approx(worse.total.item() + 2.0 * bce.item(), rel=1e-6)
+    small = torch.full((1000,), torch.logit(torch.tensor(0.04)).item(), requires_grad=True)
+    zeros = torch.zeros(1000)
+    torch.nn.functional.binary_cross_entropy_with_logits(small, zeros).backward()
+    g_bce = small.grad.abs().mean()
+    small.grad = None
+    from nnunetv2_hidiff.diffusion.losses import focal_loss_with_logits
+    focal_loss_with_logits(small, zeros, 2.0).backward()
+    assert g_bce > 20 * small.grad.abs().mean()
 
 
 def test_diffusion_loss_gradients_reach_prior_and_refiner_output():

@@ -52,8 +52,10 @@ class DiffusionLoss:
 
 def diffusion_loss(diffusion: BernoulliDiffusion, eps_logits: torch.Tensor, eps: torch.Tensor,
                    y_t: torch.Tensor, y0: torch.Tensor, prior: torch.Tensor, t: torch.Tensor,
-                   gamma: float = 2.0, lambda_focal: float = 1.0) -> DiffusionLoss:
-    """L_diff = KL(q(y_{t-1} | y_t, y0, p) ‖ p_θ(y_{t-1} | y_t, p)) + λ_focal·Focal(ε̂, ε)  (Eq. 11-13).
+                   gamma: float = 2.0, lambda_focal: float = 1.0, lambda_bce: float = 0.0) -> DiffusionLoss:
+    """L_diff = KL(q(y_{t-1} | y_t, y0, p) ‖ p_θ(y_{t-1} | y_t, p)) + λ_focal·Focal(ε̂, ε)  (Eq. 11-13)
+    [+ λ_bce·BCE(ε̂, ε), not in the paper: with γ = 2 the focal term hardly moves a small ε̂ on the many entries
+    without noise towards 0, and a residual ε̂ there makes every sampled chain collapse; BCE calibrates them].
 
     eps_logits: refiner output (B, K, *spatial), ε̂ = sigmoid(eps_logits); eps: the true noise;
     y_t, y0 (hard), prior p: (B, K, *spatial); t: (B,) in 1..T.
@@ -68,4 +70,7 @@ def diffusion_loss(diffusion: BernoulliDiffusion, eps_logits: torch.Tensor, eps:
     predicted = diffusion.posterior(y_t, calibrate(y_t, eps_hat), prior, t)  # Eq. 9-10
     kl = bernoulli_kl(target, predicted).mean()  # Eq. 11
     focal = focal_loss_with_logits(eps_logits, eps, gamma)  # Eq. 12
-    return DiffusionLoss(total=kl + lambda_focal * focal, kl=kl, focal=focal)  # Eq. 13
+    total = kl + lambda_focal * focal  # Eq. 13
+    if lambda_bce:
+        total = total + lambda_bce * F.binary_cross_entropy_with_logits(eps_logits.float(), eps.float())
+    return DiffusionLoss(total=total, kl=kl, focal=focal)

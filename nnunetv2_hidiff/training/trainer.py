@@ -57,6 +57,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     num_diffusion_steps = 10  # T
     focal_gamma = 2.0  # γ of Eq. 12; 0 = BCE
     lambda_focal = 1.0  # Eq. 13
+    lambda_bce = 0.0  # a BCE share in L_diff to calibrate ε̂ where there is no noise (not in the paper; losses.py)
     lambda_diff = 1.0  # Eq. 17
     alternate_training = True  # False (Table X, V1): after warm-up only the refiner trains
     # True: one refiner forward/backward per iteration updates both networks (the segmentor's L_diff then uses
@@ -261,7 +262,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         with self._autocast():
             eps_logits = refiner(data, s["y_t"], prior, s["t"], features).float()
         return diffusion_loss(self.hidiff.diffusion, eps_logits, s["eps"], s["y_t"], s["y0"], prior, s["t"],
-                              gamma=self.focal_gamma, lambda_focal=self.lambda_focal)
+                              gamma=self.focal_gamma, lambda_focal=self.lambda_focal, lambda_bce=self.lambda_bce)
 
     def refiner_step(self, data, s: dict):
         """Step (1): update g on L_diff with the segmentor's outputs detached. Returns (loss, ok)."""

@@ -169,6 +169,10 @@ class nnUNetTrainerHiDiff_w8_joint_cpuWarm500(nnUNetTrainerHiDiff_cpuWarm500):
     refiner_width, joint_step = 8, True  # the speed issue's candidate (train step 1.45x nnU-Net's on 901)
 
 
+class nnUNetTrainerHiDiff_w8_joint_bce1_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_cpuWarm500):
+    lambda_bce = 1.0  # ε̂ calibrated on entries without noise (issue 12, finding 4)
+
+
 # ---- the plain nnU-Net baseline at the same budgets ----
 class nnUNetTrainerBaseline(nnUNetTrainer):
     """Plain nnU-Net with the budget attributes of nnUNetTrainerHiDiff (None = nnU-Net's defaults), its
