@@ -21,3 +21,15 @@ def nnunet_paths(tiny_nnunet, monkeypatch):
         if key.startswith("nnUNet"):
             monkeypatch.setenv(key, value)
     return tiny_nnunet
+
+
+@pytest.fixture
+def trainer(nnunet_paths):
+    """An initialized smoke HiDiff trainer on the tiny dataset, its network in training mode."""
+    from trainer_utils import make_trainer
+
+    tr = make_trainer()
+    tr.initialize()
+    tr.network = tr.hidiff
+    tr.hidiff.train()
+    return tr

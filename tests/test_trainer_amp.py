@@ -6,15 +6,12 @@ import pytest
 import torch
 from torch import autocast
 
-from trainer_utils import changed, make_batch, make_trainer, snapshot
+from trainer_utils import changed, make_batch, snapshot
 
 
 @pytest.fixture
-def amp_trainer(nnunet_paths):
-    tr = make_trainer()
-    tr.initialize()
-    tr.network = tr.hidiff
-    tr.hidiff.train()
+def amp_trainer(trainer):
+    tr = trainer
     tr._autocast = lambda: autocast("cpu", dtype=torch.bfloat16)  # what _autocast() gives on CUDA, in bf16
     tr.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     tr.refiner_grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)

@@ -10,15 +10,6 @@ import torch
 from trainer_utils import changed, make_batch, make_trainer, snapshot
 
 
-@pytest.fixture
-def trainer(nnunet_paths):
-    tr = make_trainer()
-    tr.initialize()
-    tr.network = tr.hidiff
-    tr.hidiff.train()
-    return tr
-
-
 def test_refiner_step_changes_only_refiner_and_segmentor_step_only_segmentor(trainer):
     batch = make_batch(trainer)
     s = trainer.prepare_diffusion(batch["data"], batch["target"])

@@ -196,6 +196,17 @@ def mark_cached_embedding(emb: torch.Tensor) -> torch.Tensor:
     return emb
 
 
+def cached(owner: nn.Module, name: str, key, compute):
+    """``compute()`` memoised in ``owner``'s own dict (not a buffer: not saved, not moved), at most 64 entries."""
+    cache = owner.__dict__.setdefault(name, {})
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= 64:
+            cache.clear()
+        value = cache[key] = compute()
+    return value
+
+
 def time_code(module: nn.Module, linear: nn.Linear, emb: torch.Tensor) -> torch.Tensor:
     """linear(SiLU(e_t)) of a TB/TA layer. At inference (eval mode, no autograd) and for a tagged embedding it is
     computed once per embedding and weights (the refiner's T steps per patch reuse the same few values of t)."""
@@ -203,13 +214,7 @@ def time_code(module: nn.Module, linear: nn.Linear, emb: torch.Tensor) -> torch.
     if key is None or module.training or torch.is_grad_enabled():
         return linear(F.silu(emb))
     key = (key, linear.weight.data_ptr(), linear.weight._version, linear.bias._version)
-    cache = module.__dict__.setdefault("_time_code_cache", {})
-    code = cache.get(key)
-    if code is None:
-        if len(cache) >= 64:
-            cache.clear()
-        code = cache[key] = linear(F.silu(emb))
-    return code
+    return cached(module, "_time_code_cache", key, lambda: linear(F.silu(emb)))
 
 
 def _zero_linear(in_features: int, out_features: int) -> nn.Linear:

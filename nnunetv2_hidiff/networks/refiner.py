@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .binary import TimestepEmbedding, make_conv, mark_cached_embedding
+from .binary import TimestepEmbedding, cached, make_conv, mark_cached_embedding
 from .blocks import FeatureFusion, RefinerBlock
 from .xformer import XFormer
 
@@ -124,13 +124,7 @@ class HiDiffRefiner(nn.Module):
             return self.time_embed(t)
         params = tuple((p.data_ptr(), p._version) for p in self.time_embed.parameters())
         key = (tuple(t.tolist()), str(t.device), torch.is_autocast_enabled(t.device.type), params)
-        cache = self.__dict__.setdefault("_time_embedding_cache", {})
-        emb = cache.get(key)
-        if emb is None:
-            if len(cache) >= 64:
-                cache.clear()
-            emb = cache[key] = mark_cached_embedding(self.time_embed(t))
-        return emb
+        return cached(self, "_time_embedding_cache", key, lambda: mark_cached_embedding(self.time_embed(t)))
 
     def forward(self, x: torch.Tensor, y_t: torch.Tensor, prior: torch.Tensor, t: Union[torch.Tensor, int],
                 features: Optional[Sequence[torch.Tensor]] = None,
