@@ -16,29 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from refiner_speed import timeit  # median of repeats after one warm-up call (same folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANS = {"901": ("Dataset901_Hippocampus", ROOT / "tests/data/plans/Dataset901_Hippocampus_nnUNetPlans.json",
                  ROOT / "tests/data/plans/Dataset901_Hippocampus_dataset.json"),
          "902": ("Dataset902_DRIVE", ROOT / "tests/data/plans/Dataset902_DRIVE_nnUNetPlans.json",
                  ROOT / "tests/data/plans/Dataset902_DRIVE_dataset.json")}
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _scratch_nnunet(dataset_name: str) -> str:
@@ -82,7 +71,7 @@ def time_train_step(trainer, batch: dict, repeats: int) -> float:
     if hasattr(trainer, "hidiff"):
         trainer.network = trainer.hidiff
     trainer.network.train()
-    return median_seconds(lambda: trainer.train_step(batch), repeats)
+    return timeit(lambda: trainer.train_step(batch), repeats)
 
 
 def time_patch_forward(trainer_cls, plans: dict, dataset_json: dict, repeats: int, steps=None, samples=None):
@@ -103,7 +92,7 @@ def time_patch_forward(trainer_cls, plans: dict, dataset_json: dict, repeats: in
     for refine in (False, True):
         net.refine = refine
         with torch.no_grad():
-            out[refine] = median_seconds(lambda: net(x), repeats)
+            out[refine] = timeit(lambda: net(x), repeats)
     return out[False], out[True], dict(zip(("refine", "steps"), net.resolved_settings()),
                                        samples=net.num_samples, transition=net.transition)
 
