@@ -37,7 +37,9 @@ def test_smoke_training_writes_checkpoint_validation_and_progress(trained):
     assert set(summary["mean"]) == {"1", "2"}
     assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
     assert "HD95" in summary["foreground_mean"] and "hidiff_nan_ratio" in summary  # our metrics were added
-    log = next(fold.glob("training_log_*.txt")).read_text()
+    logs = list(fold.glob("training_log_*.txt"))
+    assert len(logs) == 1, logs  # no other test wrote into this fold before the training
+    log = logs[0].read_text()
     assert "refiner L_diff" in log and "HiDiff:" in log
 
 

@@ -149,7 +149,7 @@ def test_pretrained_weights_flag_loads_segmentor_but_keeps_warmup(nnunet_paths, 
 
 def test_pretrained_segmentor_loads_everything_and_skips_warmup(nnunet_paths, tmp_path, monkeypatch):
     tr = make_trainer("nnUNetTrainerHiDiff_5epochs")
-    plain = _plain_checkpoint(tr, tmp_path / "plain_fold0.pth")
+    plain = _plain_checkpoint(tr, tmp_path / f"plain_fold{tr.fold}.pth")
     # "{fold}" is replaced by the trainer's fold: one setting serves a whole cross-validation
     monkeypatch.setenv("nnUNet_HiDiff_pretrained_segmentor", str(tmp_path / "plain_fold{fold}.pth"))
     tr.initialize()
@@ -159,7 +159,7 @@ def test_pretrained_segmentor_loads_everything_and_skips_warmup(nnunet_paths, tm
     # the fold record names the checkpoint, which is how the benchmark reports a warm start
     from nnunetv2_hidiff.training.fold_record import read_fold_record
 
-    assert read_fold_record(tr.output_folder)["warm_start"] == str(tmp_path / "plain_fold0.pth")
+    assert read_fold_record(tr.output_folder)["warm_start"] == str(tmp_path / f"plain_fold{tr.fold}.pth")
     monkeypatch.setenv("nnUNet_HiDiff_pretrained_segmentor", str(tmp_path / "missing.pth"))
     with pytest.raises(RuntimeError, match="missing.pth: cannot read the segmentor checkpoint"):
         make_trainer("nnUNetTrainerHiDiff_5epochs").initialize()

@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 
-def make_trainer(trainer_name: str = "nnUNetTrainerHiDiff_smoke", configuration: str = "2d", fold: int = 0):
+def make_trainer(trainer_name: str = "nnUNetTrainerHiDiff_smoke", configuration: str = "2d", fold: int = 3):
+    """In-process trainers use fold 3, which no command-line test trains: nnU-Net creates a training log in the
+    fold's output folder as soon as a trainer logs anything, and the CLI tests read fold 0's log."""
     from nnunetv2.run.run_training import get_trainer_from_args
 
     trainer = get_trainer_from_args("990", configuration, fold, trainer_name, "nnUNetPlans",
