@@ -212,3 +212,36 @@ def test_cached_binary_weight_follows_weight_updates():
     y = conv(x)  # with autograd: no cache, gradients flow
     y.sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+def test_inference_fast_paths_equal_the_training_forward():
+    """Without autograd: TB compares x > α(t) directly, the attention skips its softmax surrogate and a block's BN
+    is folded into its conv. Each gives the training forward's values (eval-mode BN) up to float rounding, and the
+    folded conv follows updates of the conv weight and of every BN tensor."""
+    torch.manual_seed(0)
+    emb = torch.randn(2, 4)
+    tb = TimeThreshold(6, 4)
+    torch.nn.init.normal_(tb.threshold.weight)
+    x = torch.randn(2, 6, 5, 7)
+    x[0, 0, 0, 0] = tb.threshold(F.silu(emb))[0, 0]  # exactly at the threshold: −1 on both paths
+    with torch.no_grad():
+        fast = tb(x, emb)
+    torch.testing.assert_close(fast, tb(x, emb).detach(), rtol=0, atol=0)
+    g = torch.Generator().manual_seed(1)
+    qb, kb, vb = (_pm1((1, 2, 5, 8), g) for _ in range(3))
+    with torch.no_grad():
+        fast = CrossAttention.binary_attention(qb, kb, vb)
+    torch.testing.assert_close(fast, CrossAttention.binary_attention(qb, kb, vb.requires_grad_()).detach())
+    for binary in (True, False):
+        blk = RefinerBlock(2, 6, 12, 4, stride=(2, 1), binary=binary)
+        blk.norm.running_mean.normal_()
+        blk.norm.running_var.uniform_(0.5, 2)
+        torch.nn.init.normal_(blk.norm.weight)
+        blk.eval()
+        # in-place updates as an optimizer or load_state_dict makes them (they move the version counter)
+        for update in (lambda: None, lambda: blk.conv.weight.mul_(-2), lambda: blk.norm.running_var.mul_(3),
+                       lambda: blk.norm.weight.add_(1), lambda: blk.norm.bias.add_(1)):
+            with torch.no_grad():
+                update()
+                fast = blk(x, emb)
+            torch.testing.assert_close(fast, blk(x, emb).detach(), rtol=1e-5, atol=1e-5)

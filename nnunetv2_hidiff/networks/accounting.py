@@ -121,7 +121,9 @@ def account(network, patch_size: Sequence[int], num_input_channels: int) -> dict
             y = torch.zeros(1, k, *patch_size, device=device)
             p = torch.full((1, k, *patch_size), 1.0 / k, device=device)
             t = torch.full((1,), network.diffusion.num_steps, dtype=torch.long, device=device)
-            ref_ops = count_macs(ref, lambda: ref(x, y, p, t, features))
+        # the refiner with autograd on: its inference fast path calls folded convs without their modules' hooks
+        with torch.enable_grad():
+            ref_ops = count_macs(ref, lambda: ref(x, y, p, t, [f.detach() for f in features]))
     finally:
         if ds is not None:
             decoder.deep_supervision = ds

@@ -240,7 +240,10 @@ class TimeThreshold(nn.Module):
         self.threshold = _zero_linear(emb_dim, channels)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        u = x - _channel_view(time_code(self, self.threshold, emb), x, self.channel_last)
+        alpha = _channel_view(time_code(self, self.threshold, emb), x, self.channel_last)
+        if self.binary and not torch.is_grad_enabled():  # inference: x > α(t) ⟺ x − α(t) > 0, exactly
+            return torch.gt(x, alpha).to(torch.result_type(x, alpha)).mul_(2).sub_(1)
+        u = x - alpha
         return binarize_activation(u) if self.binary else u
 
 

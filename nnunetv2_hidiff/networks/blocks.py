@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .binary import TimeActivation, TimeThreshold, make_conv
+from .binary import TimeActivation, TimeThreshold, cached, make_conv
 
 __all__ = ["ChannelResize", "FeatureFusion", "RefinerBlock", "batch_norm", "shortcut_pool"]
 
@@ -86,8 +86,30 @@ class RefinerBlock(nn.Module):
         self.act = TimeActivation(out_ch, emb_dim)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.norm(self.conv(self.tb(x, emb)))
+        if self.training or torch.is_grad_enabled():
+            h = self.norm(self.conv(self.tb(x, emb)))
+        else:  # inference: BN folded into the conv (one op less per block; exact up to float rounding)
+            h = self.conv._conv_forward(self.tb(x, emb), *self.folded_conv_bn())
         return self.act(h + self.shortcut(shortcut_pool(x, self.stride)), emb)
+
+    @torch.no_grad()
+    def folded_conv_bn(self):
+        """(weight, bias) of conv followed by eval-mode BN: W·γ/√(σ²+ε), β − μ·γ/√(σ²+ε). For a binary conv the
+        fold only changes the per-output-channel scale of sign(W), so the layer stays sign times a scale. Cached
+        until the conv weight or a BN tensor changes (optimizer steps, load_state_dict, running-stat updates)."""
+        conv, bn = self.conv, self.norm
+        tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        key = tuple((v.data_ptr(), v._version, v.dtype, v.device) for v in tensors)
+
+        def compute():
+            w = conv.binary_weight() if getattr(conv, "is_binary", False) else conv.weight
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = bn.bias - bn.running_mean * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * scale
+            return w * scale.view(-1, *([1] * (w.dim() - 1))), bias
+
+        return cached(self, "_folded_cache", key, compute)
 
 
 class FeatureFusion(nn.Module):

@@ -86,6 +86,8 @@ class CrossAttention(nn.Module):
         scores = qb @ kb.transpose(-2, -1) / math.sqrt(qb.shape[-1])  # (B, h, Nq, Nk)
         hard = (scores > ATTENTION_THRESHOLD * scores.amax(dim=-1, keepdim=True)).to(scores.dtype)
         hard = hard / hard.sum(dim=-1, keepdim=True).clamp_min(1.0)
+        if not torch.is_grad_enabled():  # inference: the forward value only, no softmax surrogate
+            return hard @ vb
         soft = scores.softmax(dim=-1)
         attn = soft + (hard - soft).detach()
         return attn @ vb
