@@ -199,6 +199,9 @@ def run_fold(args, fold: int, device: torch.device) -> dict:
                     if transition == default:
                         record(f"stepavg/{transition}/{steps}/{samples}", running.argmax(1), y[a:b], case[a:b],
                                final=True)
+                        # the final ŷ0 and the segmentor's p averaged: refiner and segmentor as a two-model ensemble
+                        record(f"prior_mix/{transition}/{steps}/{samples}", (y0_hat + prior[a:b]).argmax(1), y[a:b],
+                               case[a:b], final=True)
 
             if reliability is not None:
                 y0 = one_hot(y, K).to(device)
@@ -216,7 +219,7 @@ def run_fold(args, fold: int, device: torch.device) -> dict:
             out.update(hd95_of(torch.cat(labels_kept[name]), y_all, case_all, data["spacing"], classes))
         return out
 
-    chains, stepavg = [], []
+    chains, stepavg, prior_mix = [], [], []
     for transition, steps, samples in configs:
         key = f"chain/{transition}/{steps}/{samples}"
         traj = [counters[f"{key}/step{k}"].result() for k in range(steps)]
@@ -227,11 +230,13 @@ def run_fold(args, fold: int, device: torch.device) -> dict:
         if transition == default:
             stepavg.append({"transition": transition, "steps": steps, "samples": samples,
                             **entry(f"stepavg/{transition}/{steps}/{samples}")})
+            prior_mix.append({"transition": transition, "steps": steps, "samples": samples,
+                              **entry(f"prior_mix/{transition}/{steps}/{samples}")})
     return {"fold": fold, "cases": data["cases"], "slices": int(x_all.shape[0]), "patch": data["patch"],
             "classes": classes, "class_names": [names.get(c, str(c)) for c in classes], "num_diffusion_steps": T,
             "default_transition": default, "segmentor": entry("segmentor"), "start_sample": entry("start_sample"),
             "one_step_from_argmax": entry("one_step_from_argmax"), "chains": chains,
-            "chain_step_average": stepavg,
+            "chain_step_average": stepavg, "prior_mix": prior_mix,
             "reliability": reliability.result() if reliability is not None else None,
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -273,6 +278,10 @@ def report(res: dict, title: str) -> None:
     if res["chain_step_average"]:
         print(f"ŷ0 averaged over the steps of the chain ({res['default_transition']}):")
         for c in res["chain_step_average"]:
+            print(f"{c['transition']:18s} {c['steps']:5d} {c['samples']:7d}   {fmt_entry(c)}")
+    if res.get("prior_mix"):
+        print(f"final ŷ0 and the segmentor's p averaged, (ŷ0 + p) / 2 ({res['default_transition']}):")
+        for c in res["prior_mix"]:
             print(f"{c['transition']:18s} {c['steps']:5d} {c['samples']:7d}   {fmt_entry(c)}")
     rel = res.get("reliability")
     if rel:

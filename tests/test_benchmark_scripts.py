@@ -150,6 +150,9 @@ def test_sampler_ablation_json(trained, recomputed, tmp_path):
     assert close(default_2["dice"], recomputed["refined_2_steps"]["dice"])
     assert [(c["transition"], c["steps"]) for c in fold["chain_step_average"]] == [("renoise", 2), ("renoise", 1)]
     assert close(fold["chain_step_average"][1]["dice"], next(iter(one_step)))  # one step: nothing to average
+    # (ŷ0 + p) / 2 of the default chain: one entry per step count, Dice in [0, 1]
+    assert [(c["transition"], c["steps"]) for c in fold["prior_mix"]] == [("renoise", 2), ("renoise", 1)]
+    assert all(in_unit(c["dice"]) and len(c["dice_per_class"]) == 2 for c in fold["prior_mix"])
 
     rel = fold["reliability"]
     entries = recomputed["slices"] * K * PATCH[0] * PATCH[1] * T
