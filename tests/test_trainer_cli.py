@@ -102,6 +102,52 @@ def test_prediction_follows_the_stored_decision_unless_forced(trained, tmp_path,
         assert not np.array_equal(decided, np.load(tmp_path / "other" / npz.name)["probabilities"])
 
 
+def test_export_writes_a_small_prediction_only_fold_that_predicts_like_the_original(trained, tmp_path):
+    """nnunetv2_hidiff_export: float16 weights, no training state; they load strictly into the network nnU-Net's
+    predictor builds and give the original's output up to float16 rounding; nnUNetv2_predict_from_modelfolder
+    predicts with the exported folder; a missing fold is one clear error."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_hidiff.training.variants import nnUNetTrainerHiDiff_smoke
+
+    root, env, _ = trained
+    model = root / "results" / "Dataset990_Tiny" / TRAINER_DIR
+    out = tmp_path / "exported"
+    run_cli("nnunetv2_hidiff_export", ["-i", model, "-f", "0", "-o", out], env)
+    original = torch.load(model / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    slim = torch.load(out / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    assert set(slim) == {"trainer_name", "init_args", "inference_allowed_mirroring_axes", "network_weights",
+                         "exported_by"}
+    assert slim["network_weights"]["inference_decision"].tolist() == \
+        original["network_weights"]["inference_decision"].tolist()
+    assert all(v.dtype == torch.float16 for v in slim["network_weights"].values() if torch.is_floating_point(v))
+    assert (out / "fold_0" / "checkpoint_final.pth").stat().st_size < \
+        (model / "fold_0" / "checkpoint_final.pth").stat().st_size / 3
+    assert (out / "plans.json").is_file() and (out / "fold_0" / "hidiff_fold.json").is_file()
+
+    pm = PlansManager(str(out / "plans.json"))
+    nets = []
+    for weights in (original["network_weights"], slim["network_weights"]):
+        net = nnUNetTrainerHiDiff_smoke.build_network_architecture(pm, pm.get_configuration("2d"), 1, 3,
+                                                                   enable_deep_supervision=False)
+        net.load_state_dict(weights)  # strict, as the predictor loads
+        nets.append(net.eval())
+    x = torch.randn(1, 1, *pm.get_configuration("2d").patch_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for net in nets:
+            net.refine = False
+        torch.testing.assert_close(nets[1](x), nets[0](x), rtol=0.02, atol=0.02)
+
+    images = root / "raw" / "Dataset990_Tiny" / "imagesTs"
+    run_cli("nnUNetv2_predict_from_modelfolder", ["-i", images, "-o", tmp_path / "pred", "-m", out, "-f", "0",
+                                                  "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
+    _check_predictions(tmp_path / "pred", images)
+    proc = subprocess.run([str(BIN / "nnunetv2_hidiff_export"), "-i", str(model), "-f", "3", "-o", str(tmp_path / "x")],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "fold_3/checkpoint_final.pth: not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def _check_predictions(out_dir, raw_images):
     for img in sorted(raw_images.glob("*_0000.nii.gz")):
         pred = out_dir / img.name.replace("_0000.nii.gz", ".nii.gz")

@@ -74,7 +74,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     prior_logit_noise = 0.0
     # the per-fold decision after validation (validation.py): extra step counts to try besides the default,
     # and the Dice gain refinement must bring
-    decision_extra_steps: Tuple[int, ...] = (2, 5)
+    decision_extra_steps: Tuple[int, ...] = (1, 2, 5)
     decision_min_dice_gain = 0.0
     # warm-up: the paper pre-trains the segmentor for 40k iterations = 160 of nnU-Net's 250-iteration
     # epochs, i.e. 16 % of the default 1000 epochs. Skipped when a whole segmentor is loaded (below).

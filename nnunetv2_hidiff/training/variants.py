@@ -173,6 +173,10 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_
     lambda_bce = 1.0  # ε̂ calibrated on entries without noise (issue 12, finding 4)
 
 
+class nnUNetTrainerHiDiff_joint_bce1_cpuWarm500(nnUNetTrainerHiDiff_cpuWarm500):
+    joint_step, lambda_bce = True, 1.0  # the paper's width 32: does the width-8 refiner above refine as well?
+
+
 # ---- the plain nnU-Net baseline at the same budgets ----
 class nnUNetTrainerBaseline(nnUNetTrainer):
     """Plain nnU-Net with the budget attributes of nnUNetTrainerHiDiff (None = nnU-Net's defaults), its
