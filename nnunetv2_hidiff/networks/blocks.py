@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .binary import TimeActivation, TimeThreshold, cached, make_conv
+from .binary import TimeActivation, TimeThreshold, cached, make_conv, time_code
 
 __all__ = ["ChannelResize", "FeatureFusion", "RefinerBlock", "batch_norm", "shortcut_pool"]
 
@@ -85,12 +85,45 @@ class RefinerBlock(nn.Module):
         self.shortcut = ChannelResize(dim, in_ch, out_ch)
         self.act = TimeActivation(out_ch, emb_dim)
 
+    packed = False  # inference only: bit-packed XNOR-popcount conv (networks/packed.py), set by HiDiffNetwork.packed
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.training or torch.is_grad_enabled():
             h = self.norm(self.conv(self.tb(x, emb)))
+        elif self.packed and self._packable(x):  # TB fused into the packing, BN into the scale
+            h = self.packed_conv()(x, time_code(self.tb, self.tb.threshold, emb))
         else:  # inference: BN folded into the conv (one op less per block; exact up to float rounding)
             h = self.conv._conv_forward(self.tb(x, emb), *self.folded_conv_bn())
         return self.act(h + self.shortcut(shortcut_pool(x, self.stride)), emb)
+
+    def _packable(self, x: torch.Tensor) -> bool:
+        return (getattr(self.conv, "is_binary", False) and x.dim() == 4 and x.device.type == "cpu"
+                and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and self.conv.padding_mode == "zeros" and self.conv.groups == 1)
+
+    def _conv_bn_key(self):
+        conv, bn = self.conv, self.norm
+        return tuple((v.data_ptr(), v._version, v.dtype, v.device)
+                     for v in (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var))
+
+    @torch.no_grad()
+    def packed_conv(self):
+        """The binary conv + eval BN as a :class:`~.packed.PackedConv2d` (signs of W; scale mean|W|·γ/√(σ²+ε);
+        bias β − μ·γ/√(σ²+ε)), cached like :meth:`folded_conv_bn`."""
+        from .binary import weight_scale
+        from .packed import PackedConv2d
+
+        conv, bn = self.conv, self.norm
+
+        def compute():
+            bn_scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            scale = weight_scale(conv.weight).flatten() * bn_scale
+            bias = bn.bias - bn.running_mean * bn_scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * bn_scale
+            return PackedConv2d(conv.weight, scale, bias, conv.stride, conv.padding, conv.dilation)
+
+        return cached(self, "_packed_cache", self._conv_bn_key(), compute)
 
     @torch.no_grad()
     def folded_conv_bn(self):
@@ -98,8 +131,7 @@ class RefinerBlock(nn.Module):
         fold only changes the per-output-channel scale of sign(W), so the layer stays sign times a scale. Cached
         until the conv weight or a BN tensor changes (optimizer steps, load_state_dict, running-stat updates)."""
         conv, bn = self.conv, self.norm
-        tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        key = tuple((v.data_ptr(), v._version, v.dtype, v.device) for v in tensors)
+        key = self._conv_bn_key()
 
         def compute():
             w = conv.binary_weight() if getattr(conv, "is_binary", False) else conv.weight

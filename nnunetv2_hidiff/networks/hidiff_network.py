@@ -72,6 +72,24 @@ class HiDiffNetwork(nn.Module):
         self.output_space = "log"
         self.register_buffer("inference_decision", torch.tensor([1, 0], dtype=torch.long))
 
+    @property
+    def packed(self) -> bool:
+        """Inference of the refiner's binary convolutions with the bit-packed XNOR-popcount kernels (CPU, float32,
+        eval mode; networks/packed.py). Setting it True without a loadable kernel warns once and stays False."""
+        from .blocks import RefinerBlock
+
+        return any(m.packed for m in self.refiner.modules() if isinstance(m, RefinerBlock))
+
+    @packed.setter
+    def packed(self, value: bool) -> None:
+        from .blocks import RefinerBlock
+        from .packed import library
+
+        value = bool(value) and self.refiner.binary and library() is not None
+        for m in self.refiner.modules():
+            if isinstance(m, RefinerBlock):
+                m.packed = value
+
     @staticmethod
     def _sampler_class():
         from nnunetv2_hidiff.diffusion import BernoulliDDIMSampler  # diffusion/ is below networks/

@@ -11,6 +11,8 @@ nnU-Net's predictor builds the network through the trainer class, so these varia
                            fold's stored decision (made on its validation cases, see trainer)
     nnUNet_HiDiff_transition  intermediate DDIM states: "renoise" (default), "renoise_threshold", "sample"
                            (Algorithm 2), "threshold" (see nnunetv2_hidiff.diffusion.BernoulliDDIMSampler)
+    nnUNet_HiDiff_packed   1: the binary refiner's convolutions run as bit-packed XNOR-popcount kernels (CPU);
+                           0: simulated float ±1 convolutions; unset: the network's default
 
 ``nnunetv2_hidiff_predict`` sets them from --steps/--samples/--seed/--no-refine/--transition.
 """
@@ -22,7 +24,7 @@ from nnunetv2_hidiff.diffusion import BernoulliDDIMSampler
 
 ENV_STEPS, ENV_SAMPLES, ENV_SEED, ENV_REFINE = ("nnUNet_HiDiff_steps", "nnUNet_HiDiff_samples",
                                                 "nnUNet_HiDiff_seed", "nnUNet_HiDiff_refine")
-ENV_TRANSITION = "nnUNet_HiDiff_transition"
+ENV_TRANSITION, ENV_PACKED = "nnUNet_HiDiff_transition", "nnUNet_HiDiff_packed"
 TRANSITIONS = BernoulliDDIMSampler.TRANSITIONS
 
 
@@ -56,3 +58,5 @@ def apply_inference_settings(network, environ=None) -> None:
         if transition not in TRANSITIONS:
             raise ValueError(f"environment variable {ENV_TRANSITION}={transition!r} must be one of {TRANSITIONS}")
         network.transition = transition
+    if env.get(ENV_PACKED):
+        network.packed = bool(_int_env(env, ENV_PACKED, 0, 0, 1))

@@ -89,6 +89,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     compile_backend = "inductor"  # used where nnU-Net decides to compile (CUDA, nnUNet_compile)
     # prediction defaults (nnUNet_HiDiff_* environment variables override them at predict time)
     inference_steps: Optional[int] = None  # None → T
+    packed_inference = True  # binary refiner: bit-packed XNOR-popcount convs at inference on the CPU (packed.py)
     inference_mirroring = True  # False: no mirroring test-time augmentation in validation/prediction
     max_nonfinite_in_a_row = 5
     max_overflow_in_a_row = 40  # grad-scaler overflows (CUDA mixed precision), each halves the scale
@@ -140,6 +141,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             num_diffusion_steps=cls.num_diffusion_steps)
         if cls.inference_steps is not None:
             network.num_inference_steps = cls.inference_steps
+        network.packed = cls.packed_inference  # stays False where no kernel loads (one warning)
         apply_inference_settings(network)
         return network
 

@@ -1,0 +1,181 @@
+"""Bit-packed XNOR-popcount inference for the binarized refiner's 2D convolutions (issue 15).
+
+The kernels are C (``xnor_kernels.c``), compiled by the package's build into ``nnunetv2_hidiff/_xnor*.so`` (an
+optional extension: without a compiler the install still succeeds) and loaded here with ctypes. When that file
+is missing (a source checkout that was never built) the same source is compiled once with the system C compiler
+into ``$nnUNet_HiDiff_kernel_cache`` (default ``~/.cache/nnunetv2_hidiff``). If neither works, :func:`library`
+returns None after one warning and the refiner keeps its simulated (float ±1) path.
+
+:class:`PackedConv2d` is the packed form of one binary conv followed by eval-mode BatchNorm, with the preceding
+time threshold (TB) fused into the packing:
+
+    y[b, o, n] = s[o] · (K − 2·popcount(W_bits[o] XOR A_bits[b, n]) + corr[o, n]) + β[o]
+
+with A_bits = 1[x > α(t)] (taps in the zero padding packed as −1), corr[o, n] the sum of sign(W) over the padded
+taps of pixel n (0 inside the image, computed once per input size), s = mean|W| · γ/√(σ²+ε) and β the folded BN
+bias. The integer part is exact; the
+result equals the simulated conv up to float rounding of the scale multiplication.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+__all__ = ["ISA_NAMES", "PackedConv2d", "isa", "library", "set_isa"]
+
+ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512-vpopcntdq"}
+_SOURCE = Path(__file__).with_name("xnor_kernels.c")
+_ABI = 3
+_state = {"lib": None, "tried": False}
+
+_P, _I = ctypes.c_void_p, ctypes.c_int
+
+
+def _declare(lib):
+    lib.hidiff_xnor_abi.restype = _I
+    lib.hidiff_xnor_isa.restype = _I
+    lib.hidiff_xnor_set_isa.restype, lib.hidiff_xnor_set_isa.argtypes = _I, [_I]
+    lib.hidiff_pack_im2col.restype = None
+    lib.hidiff_pack_im2col.argtypes = [_P, _P] + [_I] * 14 + [_I, _P, _P]
+    lib.hidiff_pack_weight.restype = None
+    lib.hidiff_pack_weight.argtypes = [_P, _I, _I, _I, _I, _I, _I, _P]
+    lib.hidiff_xnor_gemm.restype = _I
+    lib.hidiff_xnor_gemm.argtypes = [_P, _I, _I, _P, _I, _I, _P]
+    lib.hidiff_xnor_conv.restype = _I
+    lib.hidiff_xnor_conv.argtypes = [_P, _I, _I, _P, _I, _I, _I, _P, _P, _P, _P, _P]
+    return lib
+
+
+def _built_extension() -> Optional[Path]:
+    spec = importlib.util.find_spec("nnunetv2_hidiff._xnor")
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def _compile_into_cache() -> Path:
+    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("nnUNet_HiDiff_kernel_cache", Path.home() / ".cache" / "nnunetv2_hidiff"))
+    target = cache / f"xnor_{digest}.so"
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        compiler = os.environ.get("CC", "cc")
+        cmd = [compiler, "-O3", "-shared", "-fPIC", "-o", str(tmp), str(_SOURCE)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise OSError(f"'{' '.join(cmd)}' failed: {proc.stderr.strip()[-300:]}")
+        os.replace(tmp, target)
+    return target
+
+
+def library():
+    """The loaded kernel library, or None (after one warning) when no compiled kernel can be loaded."""
+    if _state["tried"]:
+        return _state["lib"]
+    _state["tried"] = True
+    errors = []
+    for where in (_built_extension, _compile_into_cache):
+        try:
+            path = where()
+            if path is None:
+                continue
+            lib = _declare(ctypes.CDLL(str(path)))
+            if lib.hidiff_xnor_abi() != _ABI:
+                raise OSError(f"{path}: kernel ABI {lib.hidiff_xnor_abi()}, expected {_ABI}")
+            _state["lib"] = lib
+            return lib
+        except (OSError, FileNotFoundError) as e:
+            errors.append(str(e))
+    warnings.warn("nnunetv2_hidiff: no packed XNOR kernel could be loaded, the binary refiner uses its simulated "
+                  f"float path ({'; '.join(errors) or 'no built extension and no C compiler'})", stacklevel=2)
+    return None
+
+
+def isa() -> Optional[str]:
+    """The instruction set the kernels use now ('avx512-vpopcntdq', 'avx2', 'scalar'), None without kernels."""
+    lib = library()
+    return None if lib is None else ISA_NAMES[lib.hidiff_xnor_isa()]
+
+
+def set_isa(name: Optional[str]) -> Optional[str]:
+    """Force a lower instruction set (tests, benchmarks); None restores the best one. Returns the one in use."""
+    lib = library()
+    if lib is None:
+        return None
+    level = -1 if name is None else {v: k for k, v in ISA_NAMES.items()}[name]
+    return ISA_NAMES[lib.hidiff_xnor_set_isa(level)]
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+class PackedConv2d:
+    """A 2D binary conv + eval BN, packed. ``weight``: the conv's real weight (O, C, kh, kw) (only its signs are
+    used); ``scale``/``bias`` (O,): the per-output-channel scale and bias applied to the integer result."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, stride, padding, dilation):
+        lib = library()
+        if lib is None:
+            raise RuntimeError("no packed XNOR kernel available")
+        self.lib = lib
+        w = weight.detach().float().contiguous()
+        self.out_channels, self.in_channels, self.kh, self.kw = w.shape
+        self.taps = self.in_channels * self.kh * self.kw
+        self.words = (self.kh * self.kw * ((self.in_channels + 7) // 8) * 8 + 63) // 64
+        self.o_pad = (self.out_channels + 7) // 8 * 8
+        self.w_t = torch.empty(self.words * self.o_pad, dtype=torch.int64)
+        lib.hidiff_pack_weight(_ptr(w), self.out_channels, self.in_channels, self.kh, self.kw, self.words,
+                               self.o_pad, _ptr(self.w_t))
+        self.sign = torch.where(w > 0, 1.0, -1.0)  # for the border corrections (small: O·C·kh·kw)
+        self.scale = scale.detach().float().contiguous()
+        self.bias = bias.detach().float().contiguous()
+        self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+        self._base = {}
+
+    def nbytes(self) -> int:
+        """Storage of the packed weights and the float scale and bias."""
+        return self.w_t.numel() * 8 + (self.scale.numel() + self.bias.numel()) * 4
+
+    def base(self, h: int, w: int) -> torch.Tensor:
+        """K + corr (O, Ho·Wo): corr = the sum of sign(W) over the taps of each output pixel that fall into the
+        zero padding (the kernel packs them as −1, the simulated conv multiplies them by 0). Per input size."""
+        if (h, w) not in self._base:
+            valid = torch.nn.functional.conv2d(torch.ones(1, self.in_channels, h, w), self.sign, None, self.stride,
+                                               self.padding, self.dilation)[0]
+            corr = self.sign.sum(dim=(1, 2, 3)).view(-1, 1, 1) - valid
+            self._base[(h, w)] = (self.taps + corr).flatten(1).contiguous()
+        return self._base[(h, w)]
+
+    def __call__(self, x: torch.Tensor, threshold: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, C, H, W) float32 on the CPU; threshold (B, C) or None (0): bit = x > threshold."""
+        x = x.detach().float().contiguous()
+        b, c, h, w = x.shape
+        if c != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {c}")
+        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
+        ho = (h + 2 * ph - dh * (self.kh - 1) - 1) // sh + 1
+        wo = (w + 2 * pw - dw * (self.kw - 1) - 1) // sw + 1
+        n = ho * wo
+        thr = None if threshold is None else threshold.detach().float().expand(b, c).contiguous()
+        signs = torch.empty(b * h * w * ((c + 7) // 8), dtype=torch.uint8)
+        bits = torch.empty(b * n * self.words, dtype=torch.int64)
+        self.lib.hidiff_pack_im2col(_ptr(x), None if thr is None else _ptr(thr), b, c, h, w, self.kh, self.kw,
+                                    sh, sw, ph, pw, dh, dw, ho, wo, self.words, _ptr(signs), _ptr(bits))
+        scratch = torch.empty(64 * self.out_channels, dtype=torch.int32)
+        out = torch.empty(b, self.out_channels, ho, wo)
+        self.lib.hidiff_xnor_conv(_ptr(self.w_t), self.out_channels, self.o_pad, _ptr(bits), self.words, b, n,
+                                  _ptr(self.base(h, w)), _ptr(self.scale), _ptr(self.bias), _ptr(scratch), _ptr(out))
+        return out
+
+
+if __name__ == "__main__":  # python -m nnunetv2_hidiff.networks.packed: which kernel loads here
+    print(f"packed XNOR kernels: {isa() or 'not available'}", file=sys.stderr)

@@ -1,0 +1,240 @@
+/* Bit-packed XNOR-popcount kernels for the binarized refiner's convolutions (issue 15).
+ *
+ * Plain C with no Python or torch headers: built by the package's own build (setup.py, an optional extension
+ * compiled with the system compiler) and loaded with ctypes by nnunetv2_hidiff/networks/packed.py.
+ *
+ * A binary convolution y[o, n] = sum_k sign(W)[o, k] * a[k, n] over the K = C*kh*kw taps of output pixel n, with
+ * a in {-1, +1} inside the image and 0 in the zero padding, is computed exactly as
+ *     y[o, n] = K - 2 * popcount(w_bits[o] XOR a_bits[n]) + corr[o, n]
+ * where a bit is 1 for +1, padded taps are packed as -1 and corr[o, n] = sum of sign(W)[o, k] over the padded taps
+ * of pixel n (0 inside the image; packed.py computes it once per input size). The activations are binarized
+ * while they are packed: bit = x > threshold[b, c], i.e. the time-dependent threshold TB is fused into the packing.
+ *
+ * The popcount loop is dispatched at run time: AVX-512 VPOPCNTDQ (8 output channels per instruction), AVX2
+ * (4 channels, nibble-lookup popcount), or portable scalar. hidiff_xnor_set_isa forces a lower level (tests).
+ */
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HIDIFF_X86 1
+#else
+#define HIDIFF_X86 0
+#endif
+
+#define HIDIFF_XNOR_ABI 3
+
+enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+
+static int forced_isa = -1;
+
+int hidiff_xnor_abi(void) { return HIDIFF_XNOR_ABI; }
+
+int hidiff_xnor_best_isa(void) {
+#if HIDIFF_X86 && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq")) return ISA_AVX512;
+    if (__builtin_cpu_supports("avx2")) return ISA_AVX2;
+#endif
+    return ISA_SCALAR;
+}
+
+/* Use at most `isa` (-1: the best the CPU has). Returns the level now in use. */
+int hidiff_xnor_set_isa(int isa) {
+    int best = hidiff_xnor_best_isa();
+    forced_isa = (isa < 0 || isa > best) ? -1 : isa;
+    return forced_isa < 0 ? best : forced_isa;
+}
+
+int hidiff_xnor_isa(void) { return forced_isa < 0 ? hidiff_xnor_best_isa() : forced_isa; }
+
+static inline int popcount64(uint64_t v) {
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_popcountll(v);
+#else
+    v = v - ((v >> 1) & 0x5555555555555555ULL);
+    v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
+    return (int)((((v + (v >> 4)) & 0x0F0F0F0F0F0F0F0FULL) * 0x0101010101010101ULL) >> 56);
+#endif
+}
+
+/* Bit layout of one im2col column (K = C * kh * kw taps): CB = ceil(C / 8) bytes per tap, tap t = i * kw + j
+ * at bytes [t * CB, (t + 1) * CB), channel c at bit c % 8 of byte c / 8; `words` 64-bit words in total, unused
+ * bits 0. Weights use the same layout, so bits that belong to no real (tap, channel) are 0 on both sides and
+ * never count as a disagreement. Taps in the zero padding are 0 ("-1") in the column: the caller adds the
+ * per-pixel correction sum over those taps of sign(W) (see packed.py), which makes the result exact. */
+
+/* Pack the binarized im2col columns of a batch x (B, C, H, W), float32, contiguous, bit = x > threshold[b, c]
+ * (threshold may be NULL: 0). signs: scratch of B * H * W * CB bytes; bits: (B * Ho * Wo, words). */
+void hidiff_pack_im2col(const float *x, const float *threshold, int B, int C, int H, int W, int kh, int kw,
+                        int sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo, int words,
+                        uint8_t *signs, uint64_t *bits) {
+    const int CB = (C + 7) / 8;
+    const size_t HW = (size_t)H * W;
+    memset(signs, 0, (size_t)B * HW * CB);
+    for (int b = 0; b < B; ++b)
+        for (int c = 0; c < C; ++c) {
+            const float *xc = x + ((size_t)b * C + c) * HW;
+            const float thr = threshold ? threshold[(size_t)b * C + c] : 0.0f;
+            uint8_t *s = signs + (size_t)b * HW * CB + (c >> 3);
+            const uint8_t bit = (uint8_t)(1u << (c & 7));
+            for (size_t p = 0; p < HW; ++p)
+                if (xc[p] > thr) s[p * CB] |= bit;
+        }
+    const size_t column_bytes = (size_t)words * 8;
+    for (int b = 0; b < B; ++b)
+        for (int ho = 0; ho < Ho; ++ho)
+            for (int wo = 0; wo < Wo; ++wo) {
+                uint8_t *col = (uint8_t *)(bits + ((size_t)(b * Ho + ho) * Wo + wo) * words);
+                memset(col, 0, column_bytes);
+                const int w0 = wo * sw - pw, w_last = w0 + (kw - 1) * dw;
+                for (int i = 0; i < kh; ++i) {
+                    const int hi = ho * sh - ph + i * dh;
+                    if (hi < 0 || hi >= H) continue;
+                    const uint8_t *row = signs + ((size_t)b * HW + (size_t)hi * W) * CB;
+                    if (dw == 1 && w0 >= 0 && w_last < W) {  /* the whole kernel row inside: one copy */
+                        memcpy(col + (size_t)i * kw * CB, row + (size_t)w0 * CB, (size_t)kw * CB);
+                        continue;
+                    }
+                    for (int j = 0; j < kw; ++j) {
+                        const int wi = w0 + j * dw;
+                        if (wi < 0 || wi >= W) continue;
+                        memcpy(col + (size_t)(i * kw + j) * CB, row + (size_t)wi * CB, CB);
+                    }
+                }
+            }
+}
+
+/* Pack the sign bits of a weight (O, C, kh, kw) float32 in the column layout, transposed: w_t (words, O_pad),
+ * O_pad = O rounded up to 8; padded output channels are zero. */
+void hidiff_pack_weight(const float *w, int O, int C, int kh, int kw, int words, int O_pad, uint64_t *w_t) {
+    const int CB = (C + 7) / 8;
+    memset(w_t, 0, sizeof(uint64_t) * (size_t)words * O_pad);
+    for (int o = 0; o < O; ++o)
+        for (int c = 0; c < C; ++c)
+            for (int i = 0; i < kh; ++i)
+                for (int j = 0; j < kw; ++j)
+                    if (w[(((size_t)o * C + c) * kh + i) * kw + j] > 0.0f) {
+                        const int pos = ((i * kw + j) * CB + (c >> 3)) * 8 + (c & 7);
+                        w_t[(size_t)(pos >> 6) * O_pad + o] |= 1ULL << (pos & 63);
+                    }
+}
+
+static void gemm_scalar(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits, int words, int total,
+                        int32_t *out) {
+    for (int n = 0; n < total; ++n) {
+        const uint64_t *a = bits + (size_t)n * words;
+        int32_t *dst = out + (size_t)n * O;
+        for (int o = 0; o < O; ++o) {
+            int acc = 0;
+            for (int k = 0; k < words; ++k) acc += popcount64(w_t[(size_t)k * O_pad + o] ^ a[k]);
+            dst[o] = acc;
+        }
+    }
+}
+
+#if HIDIFF_X86 && (defined(__GNUC__) || defined(__clang__))
+/* AVX2: 4 output channels per vector; per-byte popcounts by nibble lookup, summed in bytes over up to 31 words
+ * (at most 8 per word), then one SAD into the four 64-bit lanes. */
+__attribute__((target("avx2"))) static void gemm_avx2(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits,
+                                                      int words, int total, int32_t *out) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    for (int n = 0; n < total; ++n) {
+        const uint64_t *a = bits + (size_t)n * words;
+        int32_t *dst = out + (size_t)n * O;
+        for (int o = 0; o < O; o += 4) {
+            __m256i acc = _mm256_setzero_si256();
+            for (int k0 = 0; k0 < words; k0 += 31) {
+                const int k1 = words < k0 + 31 ? words : k0 + 31;
+                __m256i bytes = _mm256_setzero_si256();
+                for (int k = k0; k < k1; ++k) {
+                    __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w_t + (size_t)k * O_pad + o)),
+                                                 _mm256_set1_epi64x((long long)a[k]));
+                    bytes = _mm256_add_epi8(bytes, _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low)));
+                    bytes = _mm256_add_epi8(bytes, _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4),
+                                                                                             low)));
+                }
+                acc = _mm256_add_epi64(acc, _mm256_sad_epu8(bytes, _mm256_setzero_si256()));
+            }
+            __m128i four = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc, pick));
+            if (o + 4 <= O) {
+                _mm_storeu_si128((__m128i *)(dst + o), four);
+            } else {
+                int32_t lanes[4];
+                _mm_storeu_si128((__m128i *)lanes, four);
+                for (int l = 0; o + l < O; ++l) dst[o + l] = lanes[l];
+            }
+        }
+    }
+}
+
+/* AVX-512 VPOPCNTDQ: 8 output channels per vector, popcount in hardware. */
+__attribute__((target("avx512f,avx512vpopcntdq"))) static void gemm_avx512(const uint64_t *w_t, int O, int O_pad,
+                                                                          const uint64_t *bits, int words,
+                                                                          int total, int32_t *out) {
+    for (int n = 0; n < total; ++n) {
+        const uint64_t *a = bits + (size_t)n * words;
+        int32_t *dst = out + (size_t)n * O;
+        for (int o = 0; o < O; o += 8) {
+            __m512i acc = _mm512_setzero_si512();
+            for (int k = 0; k < words; ++k) {
+                __m512i v = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w_t + (size_t)k * O_pad + o)),
+                                             _mm512_set1_epi64((long long)a[k]));
+                acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(v));
+            }
+            __m256i eight = _mm512_cvtepi64_epi32(acc);
+            if (o + 8 <= O) {
+                _mm256_storeu_si256((__m256i *)(dst + o), eight);
+            } else {
+                int32_t lanes[8];
+                _mm256_storeu_si256((__m256i *)lanes, eight);
+                for (int l = 0; o + l < O; ++l) dst[o + l] = lanes[l];
+            }
+        }
+    }
+}
+#endif
+
+/* The convolution's output (B, O, N), float: out[b, o, n] = scale[o] * (base[o, n] - 2 * popcount) + bias[o],
+ * base = K + the padding correction (packed.py). Columns are processed in blocks of 64 so that the counts of a
+ * block are written out row by row (contiguous) instead of one scattered value per channel. */
+int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits, int words, int B, int N,
+                     const float *base, const float *scale, const float *bias, int32_t *scratch, float *out) {
+    enum { BLOCK = 64 };
+    int isa = hidiff_xnor_isa();
+    for (int b = 0; b < B; ++b)
+        for (int n0 = 0; n0 < N; n0 += BLOCK) {
+            const int cols = N - n0 < BLOCK ? N - n0 : BLOCK;
+            const uint64_t *block = bits + ((size_t)b * N + n0) * words;
+#if HIDIFF_X86 && (defined(__GNUC__) || defined(__clang__))
+            if (isa == ISA_AVX512) gemm_avx512(w_t, O, O_pad, block, words, cols, scratch);
+            else if (isa == ISA_AVX2) gemm_avx2(w_t, O, O_pad, block, words, cols, scratch);
+            else
+#endif
+                gemm_scalar(w_t, O, O_pad, block, words, cols, scratch);
+            for (int o = 0; o < O; ++o) {
+                const float s = scale[o], t = bias[o];
+                const float *bo = base + (size_t)o * N + n0;
+                float *dst = out + ((size_t)b * O + o) * N + n0;
+                for (int j = 0; j < cols; ++j) dst[j] = s * (bo[j] - 2.0f * (float)scratch[(size_t)j * O + o]) + t;
+            }
+        }
+    return isa;
+}
+
+/* out (total, O): popcount(w XOR a) for every column n of bits and output channel o. Returns the instruction
+ * set used. */
+int hidiff_xnor_gemm(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits, int words, int total,
+                     int32_t *out) {
+    int isa = hidiff_xnor_isa();
+#if HIDIFF_X86 && (defined(__GNUC__) || defined(__clang__))
+    if (isa == ISA_AVX512) { gemm_avx512(w_t, O, O_pad, bits, words, total, out); return isa; }
+    if (isa == ISA_AVX2) { gemm_avx2(w_t, O, O_pad, bits, words, total, out); return isa; }
+#endif
+    gemm_scalar(w_t, O, O_pad, bits, words, total, out);
+    return ISA_SCALAR;
+}

@@ -1,0 +1,144 @@
+"""Bit-packed XNOR-popcount inference (networks/packed.py, xnor_kernels.c) against the simulated ±1 float path."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunetv2_hidiff.networks import packed
+from nnunetv2_hidiff.networks.blocks import RefinerBlock
+
+CPU_ISAS = [name for level, name in packed.ISA_NAMES.items()
+            if packed.library() is not None and level <= packed.library().hidiff_xnor_best_isa()]
+
+
+def test_a_kernel_loads_here():
+    """CI builds the extension (setup.py); without it the tests below would only check the fallback."""
+    assert packed.library() is not None and packed.isa() in packed.ISA_NAMES.values()
+    assert "scalar" in CPU_ISAS
+
+
+@pytest.fixture(params=CPU_ISAS)
+def isa(request):
+    assert packed.set_isa(request.param) == request.param
+    yield request.param
+    packed.set_isa(None)
+
+
+@pytest.mark.parametrize("b, c, o, h, w, k, stride, pad", [
+    (2, 8, 16, 12, 9, 3, 1, 1),      # a multiple of 8 channels, non-square
+    (1, 13, 7, 9, 11, 3, 2, 1),      # odd channels, stride 2, odd sizes
+    (2, 70, 65, 6, 5, 3, 1, 1),      # more than 64 channels: several words per tap
+    (1, 3, 5, 6, 7, 1, 1, 0),        # 1x1, no padding
+    (1, 300, 9, 5, 4, 3, 1, 1),      # more than 31 words: the AVX2 byte accumulator is flushed
+    (3, 16, 8, 4, 3, 3, (2, 1), 1),  # anisotropic stride
+])
+def test_packed_conv_equals_the_simulated_conv(isa, b, c, o, h, w, k, stride, pad):
+    g = torch.Generator().manual_seed(c * o + h)
+    weight = torch.randn(o, c, k, k, generator=g)
+    weight[0, 0, 0, 0] = 0.0  # sign(0) = −1 on both paths
+    x = torch.randn(b, c, h, w, generator=g)
+    thr = torch.randn(b, c, generator=g) * 0.3
+    x[0, 0, 0, 0] = thr[0, 0]  # exactly at the threshold: −1 on both paths
+    scale, bias = torch.randn(o, generator=g), torch.randn(o, generator=g)  # negative scales too (BN γ < 0)
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    sim_in = torch.where(x > thr[:, :, None, None], 1.0, -1.0)
+    sim_w = torch.where(weight > 0, 1.0, -1.0)
+    expected = F.conv2d(sim_in, sim_w, None, stride, pad) * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+    out = packed.PackedConv2d(weight, scale, bias, stride, (pad, pad), (1, 1))(x, thr)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_refiner_block_packed_equals_simulated_and_follows_updates():
+    torch.manual_seed(0)
+    emb = torch.randn(2, 4)
+    x = torch.randn(2, 12, 10, 7)
+    blk = RefinerBlock(2, 12, 24, 4, stride=(2, 1), binary=True)
+    torch.nn.init.normal_(blk.tb.threshold.weight)
+    blk.norm.running_mean.normal_()
+    blk.norm.running_var.uniform_(0.5, 2)
+    torch.nn.init.normal_(blk.norm.weight)
+    blk.eval()
+    for update in (lambda: None, lambda: blk.conv.weight.mul_(-1), lambda: blk.norm.running_mean.add_(1)):
+        with torch.no_grad():
+            update()
+            blk.packed = False
+            simulated = blk(x, emb)
+            blk.packed = True
+            fast = blk(x, emb)
+        torch.testing.assert_close(fast, simulated, rtol=1e-5, atol=1e-5)
+    assert blk.__dict__["_packed_cache"]
+
+
+def test_network_switch_and_environment_variable(tiny_hidiff_network):
+    from nnunetv2_hidiff.training.inference_settings import apply_inference_settings
+
+    net = tiny_hidiff_network.eval()
+    assert not net.packed
+    apply_inference_settings(net, {"nnUNet_HiDiff_packed": "1"})
+    assert net.packed
+    x = torch.randn(2, 1, 56, 40, generator=torch.Generator().manual_seed(3))
+    net.refine, net.num_inference_steps, net.steps_forced = True, 1, True
+    with torch.no_grad():
+        fast = net(x)
+        net.packed = False
+        simulated = net(x)
+    torch.testing.assert_close(fast, simulated, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="nnUNet_HiDiff_packed"):
+        apply_inference_settings(net, {"nnUNet_HiDiff_packed": "yes"})
+
+
+@pytest.fixture
+def tiny_hidiff_network():
+    """The 901 plan's network with a width-8 binary refiner (non-trivial BN statistics)."""
+    from pathlib import Path
+
+    from nnunetv2_hidiff.networks.factory import build_hidiff_network_from_plans
+
+    torch.manual_seed(0)
+    plans = Path(__file__).parent / "data" / "plans" / "Dataset901_Hippocampus_nnUNetPlans.json"
+    net = build_hidiff_network_from_plans(str(plans), "2d", 1, 3, enable_deep_supervision=False, binary=True,
+                                          refiner_width=8, refiner_max_width=16)
+    with torch.no_grad():
+        for m in net.refiner.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2)
+                m.running_mean.normal_(0, 0.3)
+    return net
+
+
+def _python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_without_the_built_extension_the_source_is_compiled_once_into_the_cache(tmp_path):
+    code = """
+        from nnunetv2_hidiff.networks import packed
+        packed._built_extension = lambda: None
+        print(packed.isa())
+    """
+    proc = _python(code, {"nnUNet_HiDiff_kernel_cache": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() in packed.ISA_NAMES.values()
+    assert len(list(tmp_path.glob("xnor_*.so"))) == 1
+
+
+def test_without_any_kernel_one_warning_and_the_simulated_path(tmp_path):
+    code = """
+        import warnings
+        from nnunetv2_hidiff.networks import packed
+        packed._built_extension = lambda: None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert packed.library() is None and packed.library() is None and packed.isa() is None
+        print(len(caught), caught[0].message)
+    """
+    proc = _python(code, {"nnUNet_HiDiff_kernel_cache": str(tmp_path), "CC": "/nonexistent/cc"})
+    assert proc.returncode == 0, proc.stderr
+    count, message = proc.stdout.split(" ", 1)
+    assert count == "1" and "simulated" in message
