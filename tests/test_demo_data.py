@@ -16,3 +16,28 @@ def test_demo_dataset_is_valid_and_small():
     size = sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file())
     assert size < 5 * 2 ** 20
     verify_dataset_integrity(str(DEMO), num_processes=1)  # raises on any inconsistency
+
+
+def test_shipped_model_is_small_loads_strictly_and_never_trained_on_the_held_out_cases():
+    """demo/model holds one exported fold: float16 weights that load strictly into the network its trainer builds
+    (what nnUNetv2_predict does), and its validation cases include every held-out demo case."""
+    import torch
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_hidiff.training import variants
+
+    folders = [p for p in (DEMO.parent / "model").iterdir() if p.is_dir()]
+    assert len(folders) == 1
+    model = folders[0]
+    checkpoint_file = model / "fold_0" / "checkpoint_final.pth"
+    assert checkpoint_file.stat().st_size < 16 * 2 ** 20
+    checkpoint = torch.load(checkpoint_file, weights_only=False)
+    assert model.name.startswith(checkpoint["trainer_name"] + "__") and "optimizer_state" not in checkpoint
+    pm = PlansManager(str(model / "plans.json"))
+    trainer = getattr(variants, checkpoint["trainer_name"])
+    net = trainer.build_network_architecture(pm, pm.get_configuration("2d"), 1, 3, enable_deep_supervision=False)
+    net.load_state_dict(checkpoint["network_weights"])  # strict
+    summary = json.loads((model / "fold_0" / "validation" / "summary.json").read_text())
+    validation_cases = {Path(c["reference_file"]).name for c in summary["metric_per_case"]}
+    held_out = {p.name for p in (DEMO / "labelsTs").glob("*.nii.gz")}
+    assert len(held_out) == 6 and held_out <= validation_cases
