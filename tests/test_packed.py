@@ -142,3 +142,20 @@ def test_without_any_kernel_one_warning_and_the_simulated_path(tmp_path):
     assert proc.returncode == 0, proc.stderr
     count, message = proc.stdout.split(" ", 1)
     assert count == "1" and "simulated" in message
+
+
+def test_threaded_packing_and_popcount_equal_one_thread(monkeypatch):
+    """The stages split over torch's intra-op threads (row and column slices) give the single-thread result."""
+    g = torch.Generator().manual_seed(5)
+    weight, x = torch.randn(24, 20, 3, 3, generator=g), torch.randn(3, 20, 23, 17, generator=g)
+    thr, scale, bias = torch.randn(3, 20, generator=g), torch.rand(24, generator=g), torch.randn(24, generator=g)
+    conv = packed.PackedConv2d(weight, scale, bias, (2, 1), (1, 1), (1, 1))
+    single = conv(x, thr)
+    monkeypatch.setattr(packed, "MIN_WORK_PER_THREAD", 1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert packed._parts(10 ** 6) == 3
+        torch.testing.assert_close(conv(x, thr), single, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)

@@ -34,7 +34,7 @@ __all__ = ["ISA_NAMES", "PackedConv2d", "isa", "library", "set_isa"]
 
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512-vpopcntdq"}
 _SOURCE = Path(__file__).with_name("xnor_kernels.c")
-_ABI = 3
+_ABI = 4
 _state = {"lib": None, "tried": False}
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
@@ -51,7 +51,11 @@ def _declare(lib):
     lib.hidiff_xnor_gemm.restype = _I
     lib.hidiff_xnor_gemm.argtypes = [_P, _I, _I, _P, _I, _I, _P]
     lib.hidiff_xnor_conv.restype = _I
-    lib.hidiff_xnor_conv.argtypes = [_P, _I, _I, _P, _I, _I, _I, _P, _P, _P, _P, _P]
+    lib.hidiff_xnor_conv.argtypes = [_P, _I, _I, _P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P]
+    lib.hidiff_pack_signs.restype = None
+    lib.hidiff_pack_signs.argtypes = [_P, _P, _I, _I, _I, _I, _I, _I, _P]
+    lib.hidiff_pack_columns.restype = None
+    lib.hidiff_pack_columns.argtypes = [_P] + [_I] * 17 + [_P]
     return lib
 
 
@@ -118,6 +122,30 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+_POOL = {}
+MIN_WORK_PER_THREAD = 1 << 18  # popcount words per thread below which threads cost more than they save
+
+
+def _parts(work: int) -> int:
+    """How many threads a conv of ``work`` popcount words gets: torch's intra-op thread count, fewer when small."""
+    return max(1, min(torch.get_num_threads(), work // MIN_WORK_PER_THREAD))
+
+
+def _run(parts: int, total: int, fn) -> None:
+    """fn(start, stop, part) over ``parts`` contiguous slices of range(total), in parallel when parts > 1."""
+    if parts <= 1 or total < 2:
+        fn(0, total, 0)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = _POOL.get(parts)
+    if pool is None:
+        pool = _POOL[parts] = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="hidiff_xnor")
+    bounds = [total * i // parts for i in range(parts + 1)]
+    for f in [pool.submit(fn, bounds[i], bounds[i + 1], i) for i in range(parts)]:
+        f.result()
+
+
 class PackedConv2d:
     """A 2D binary conv + eval BN, packed. ``weight``: the conv's real weight (O, C, kh, kw) (only its signs are
     used); ``scale``/``bias`` (O,): the per-output-channel scale and bias applied to the integer result."""
@@ -168,12 +196,19 @@ class PackedConv2d:
         thr = None if threshold is None else threshold.detach().float().expand(b, c).contiguous()
         signs = torch.empty(b * h * w * ((c + 7) // 8), dtype=torch.uint8)
         bits = torch.empty(b * n * self.words, dtype=torch.int64)
-        self.lib.hidiff_pack_im2col(_ptr(x), None if thr is None else _ptr(thr), b, c, h, w, self.kh, self.kw,
-                                    sh, sw, ph, pw, dh, dw, ho, wo, self.words, _ptr(signs), _ptr(bits))
-        scratch = torch.empty(64 * self.out_channels, dtype=torch.int32)
         out = torch.empty(b, self.out_channels, ho, wo)
-        self.lib.hidiff_xnor_conv(_ptr(self.w_t), self.out_channels, self.o_pad, _ptr(bits), self.words, b, n,
-                                  _ptr(self.base(h, w)), _ptr(self.scale), _ptr(self.bias), _ptr(scratch), _ptr(out))
+        base, lib, thr_ptr = self.base(h, w), self.lib, None if thr is None else _ptr(thr)
+        # torch's intra-op threads: the C calls release the GIL, so a thread pool runs them in parallel
+        parts = _parts(b * n * self.out_channels * self.words)
+        scratch = torch.empty(parts, 64 * self.out_channels, dtype=torch.int32)
+        _run(parts, h * w, lambda p0, p1, _: lib.hidiff_pack_signs(_ptr(x), thr_ptr, b, c, h, w, p0, p1,
+                                                                    _ptr(signs)))
+        _run(parts, ho, lambda r0, r1, _: lib.hidiff_pack_columns(_ptr(signs), b, c, h, w, self.kh, self.kw, sh, sw,
+                                                                   ph, pw, dh, dw, ho, wo, self.words, r0, r1,
+                                                                   _ptr(bits)))
+        _run(parts, n, lambda n0, n1, i: lib.hidiff_xnor_conv(
+            _ptr(self.w_t), self.out_channels, self.o_pad, _ptr(bits), self.words, b, n, n0, n1, _ptr(base),
+            _ptr(self.scale), _ptr(self.bias), _ptr(scratch[i]), _ptr(out)))
         return out
 
 

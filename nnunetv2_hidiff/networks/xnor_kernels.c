@@ -23,7 +23,7 @@
 #define HIDIFF_X86 0
 #endif
 
-#define HIDIFF_XNOR_ABI 3
+#define HIDIFF_XNOR_ABI 4
 
 enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
@@ -65,26 +65,33 @@ static inline int popcount64(uint64_t v) {
  * never count as a disagreement. Taps in the zero padding are 0 ("-1") in the column: the caller adds the
  * per-pixel correction sum over those taps of sign(W) (see packed.py), which makes the result exact. */
 
-/* Pack the binarized im2col columns of a batch x (B, C, H, W), float32, contiguous, bit = x > threshold[b, c]
- * (threshold may be NULL: 0). signs: scratch of B * H * W * CB bytes; bits: (B * Ho * Wo, words). */
-void hidiff_pack_im2col(const float *x, const float *threshold, int B, int C, int H, int W, int kh, int kw,
-                        int sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo, int words,
-                        uint8_t *signs, uint64_t *bits) {
+/* Stage 1: the sign bytes of pixels [p0, p1) of every image of x (B, C, H, W), float32, contiguous, bit c % 8 of
+ * byte c / 8 = x > threshold[b, c] (threshold may be NULL: 0). signs: (B, H * W, CB). */
+void hidiff_pack_signs(const float *x, const float *threshold, int B, int C, int H, int W, int p0, int p1,
+                       uint8_t *signs) {
     const int CB = (C + 7) / 8;
     const size_t HW = (size_t)H * W;
-    memset(signs, 0, (size_t)B * HW * CB);
-    for (int b = 0; b < B; ++b)
+    for (int b = 0; b < B; ++b) {
+        memset(signs + ((size_t)b * HW + p0) * CB, 0, (size_t)(p1 - p0) * CB);
         for (int c = 0; c < C; ++c) {
             const float *xc = x + ((size_t)b * C + c) * HW;
             const float thr = threshold ? threshold[(size_t)b * C + c] : 0.0f;
             uint8_t *s = signs + (size_t)b * HW * CB + (c >> 3);
             const uint8_t bit = (uint8_t)(1u << (c & 7));
-            for (size_t p = 0; p < HW; ++p)
-                if (xc[p] > thr) s[p * CB] |= bit;
+            for (int p = p0; p < p1; ++p)
+                if (xc[p] > thr) s[(size_t)p * CB] |= bit;
         }
+    }
+}
+
+/* Stage 2: the im2col columns of output rows [r0, r1) of every image. bits: (B * Ho * Wo, words). */
+void hidiff_pack_columns(const uint8_t *signs, int B, int C, int H, int W, int kh, int kw, int sh, int sw, int ph,
+                         int pw, int dh, int dw, int Ho, int Wo, int words, int r0, int r1, uint64_t *bits) {
+    const int CB = (C + 7) / 8;
+    const size_t HW = (size_t)H * W;
     const size_t column_bytes = (size_t)words * 8;
     for (int b = 0; b < B; ++b)
-        for (int ho = 0; ho < Ho; ++ho)
+        for (int ho = r0; ho < r1; ++ho)
             for (int wo = 0; wo < Wo; ++wo) {
                 uint8_t *col = (uint8_t *)(bits + ((size_t)(b * Ho + ho) * Wo + wo) * words);
                 memset(col, 0, column_bytes);
@@ -104,6 +111,15 @@ void hidiff_pack_im2col(const float *x, const float *threshold, int B, int C, in
                     }
                 }
             }
+}
+
+/* Both stages for a whole batch (single-threaded; packed.py splits the stages over threads itself).
+ * signs: scratch of B * H * W * CB bytes. */
+void hidiff_pack_im2col(const float *x, const float *threshold, int B, int C, int H, int W, int kh, int kw,
+                        int sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo, int words,
+                        uint8_t *signs, uint64_t *bits) {
+    hidiff_pack_signs(x, threshold, B, C, H, W, 0, H * W, signs);
+    hidiff_pack_columns(signs, B, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, words, 0, Ho, bits);
 }
 
 /* Pack the sign bits of a weight (O, C, kh, kw) float32 in the column layout, transposed: w_t (words, O_pad),
@@ -200,15 +216,17 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) static void gemm_avx512(const
 #endif
 
 /* The convolution's output (B, O, N), float: out[b, o, n] = scale[o] * (base[o, n] - 2 * popcount) + bias[o],
- * base = K + the padding correction (packed.py). Columns are processed in blocks of 64 so that the counts of a
+ * base = K + the padding correction (packed.py), for the columns [first, last) of every image (threads split
+ * the columns; scratch: 64 * O int32 per thread). Columns are processed in blocks of 64 so that the counts of a
  * block are written out row by row (contiguous) instead of one scattered value per channel. */
 int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits, int words, int B, int N,
-                     const float *base, const float *scale, const float *bias, int32_t *scratch, float *out) {
+                     int first, int last, const float *base, const float *scale, const float *bias,
+                     int32_t *scratch, float *out) {
     enum { BLOCK = 64 };
     int isa = hidiff_xnor_isa();
     for (int b = 0; b < B; ++b)
-        for (int n0 = 0; n0 < N; n0 += BLOCK) {
-            const int cols = N - n0 < BLOCK ? N - n0 : BLOCK;
+        for (int n0 = first; n0 < last; n0 += BLOCK) {
+            const int cols = last - n0 < BLOCK ? last - n0 : BLOCK;
             const uint64_t *block = bits + ((size_t)b * N + n0) * words;
 #if HIDIFF_X86 && (defined(__GNUC__) || defined(__clang__))
             if (isa == ISA_AVX512) gemm_avx512(w_t, O, O_pad, block, words, cols, scratch);
