@@ -142,12 +142,23 @@ def evaluate(work: Path, predictions: Path) -> dict:
                            num_processes=1)
 
 
-def shipped_model() -> Path:
-    """demo/model/<trainer>__<plans>__2d: the exported fold-0 model of Dataset901 (see demo/model/README.md)."""
-    folders = sorted(p for p in SHIPPED_MODEL.glob("*__*__*") if (p / "fold_0" / "checkpoint_final.pth").is_file())
+def shipped_model(work: Path) -> Path:
+    """demo/model/<trainer>__<plans>__2d, the exported fold-0 model of Dataset901 (see demo/model/README.md), copied
+    into the work folder with its xz-compressed checkpoint unpacked (xz keeps the repository small)."""
+    import lzma
+
+    folders = sorted(p for p in SHIPPED_MODEL.glob("*__*__*") if (p / "fold_0" / "checkpoint_final.pth.xz").is_file())
     if len(folders) != 1:
         raise SystemExit(f"[demo] error: expected one exported model folder in {SHIPPED_MODEL}, found {len(folders)}")
-    return folders[0]
+    target = work / "shipped_model" / folders[0].name
+    checkpoint = target / "fold_0" / "checkpoint_final.pth"
+    if not checkpoint.is_file():
+        shutil.copytree(folders[0], target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.xz"))
+        tmp = checkpoint.with_name(checkpoint.name + ".tmp")
+        with lzma.open(folders[0] / "fold_0" / "checkpoint_final.pth.xz") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        tmp.replace(checkpoint)
+    return target
 
 
 def predict_shipped(work: Path, env: dict, model: Path, refine: bool) -> Path:
@@ -238,8 +249,8 @@ def main(argv=None) -> None:
     report("pipeline check, held-out cases (6), foreground mean over Anterior/Posterior:", rows)
     log("(a 4-short-epoch training on 19 cases: it shows that the pipeline works, not how good HiDiff is)")
 
-    model = shipped_model()
-    log(f"shipped model: {model.relative_to(REPO)} (Dataset901 fold 0; the 6 held-out cases are in its validation "
+    model = shipped_model(work)
+    log(f"shipped model: {model.name} from demo/model (Dataset901 fold 0; the 6 held-out cases are in its validation "
         f"split, so it never trained on them)")
     rows, predictions = [], {}
     for refine in (False, True):
