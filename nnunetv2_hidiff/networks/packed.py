@@ -34,7 +34,7 @@ __all__ = ["ISA_NAMES", "PackedConv2d", "isa", "library", "set_isa"]
 
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512-vpopcntdq"}
 _SOURCE = Path(__file__).with_name("xnor_kernels.c")
-_ABI = 4
+_ABI = 5
 _state = {"lib": None, "tried": False}
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
@@ -44,12 +44,8 @@ def _declare(lib):
     lib.hidiff_xnor_abi.restype = _I
     lib.hidiff_xnor_isa.restype = _I
     lib.hidiff_xnor_set_isa.restype, lib.hidiff_xnor_set_isa.argtypes = _I, [_I]
-    lib.hidiff_pack_im2col.restype = None
-    lib.hidiff_pack_im2col.argtypes = [_P, _P] + [_I] * 14 + [_I, _P, _P]
     lib.hidiff_pack_weight.restype = None
     lib.hidiff_pack_weight.argtypes = [_P, _I, _I, _I, _I, _I, _I, _P]
-    lib.hidiff_xnor_gemm.restype = _I
-    lib.hidiff_xnor_gemm.argtypes = [_P, _I, _I, _P, _I, _I, _P]
     lib.hidiff_xnor_conv.restype = _I
     lib.hidiff_xnor_conv.argtypes = [_P, _I, _I, _P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P]
     lib.hidiff_pack_signs.restype = None

@@ -23,7 +23,7 @@
 #define HIDIFF_X86 0
 #endif
 
-#define HIDIFF_XNOR_ABI 4
+#define HIDIFF_XNOR_ABI 5
 
 enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
@@ -111,15 +111,6 @@ void hidiff_pack_columns(const uint8_t *signs, int B, int C, int H, int W, int k
                     }
                 }
             }
-}
-
-/* Both stages for a whole batch (single-threaded; packed.py splits the stages over threads itself).
- * signs: scratch of B * H * W * CB bytes. */
-void hidiff_pack_im2col(const float *x, const float *threshold, int B, int C, int H, int W, int kh, int kw,
-                        int sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo, int words,
-                        uint8_t *signs, uint64_t *bits) {
-    hidiff_pack_signs(x, threshold, B, C, H, W, 0, H * W, signs);
-    hidiff_pack_columns(signs, B, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, words, 0, Ho, bits);
 }
 
 /* Pack the sign bits of a weight (O, C, kh, kw) float32 in the column layout, transposed: w_t (words, O_pad),
@@ -242,17 +233,4 @@ int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits
             }
         }
     return isa;
-}
-
-/* out (total, O): popcount(w XOR a) for every column n of bits and output channel o. Returns the instruction
- * set used. */
-int hidiff_xnor_gemm(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits, int words, int total,
-                     int32_t *out) {
-    int isa = hidiff_xnor_isa();
-#if HIDIFF_X86 && (defined(__GNUC__) || defined(__clang__))
-    if (isa == ISA_AVX512) { gemm_avx512(w_t, O, O_pad, bits, words, total, out); return isa; }
-    if (isa == ISA_AVX2) { gemm_avx2(w_t, O, O_pad, bits, words, total, out); return isa; }
-#endif
-    gemm_scalar(w_t, O, O_pad, bits, words, total, out);
-    return ISA_SCALAR;
 }
