@@ -113,14 +113,11 @@ class RefinerBlock(nn.Module):
         from .binary import weight_scale
         from .packed import PackedConv2d
 
-        conv, bn = self.conv, self.norm
+        conv = self.conv
 
         def compute():
-            bn_scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bn_scale, bias = self._bn_fold()
             scale = weight_scale(conv.weight).flatten() * bn_scale
-            bias = bn.bias - bn.running_mean * bn_scale
-            if conv.bias is not None:
-                bias = bias + conv.bias * bn_scale
             return PackedConv2d(conv.weight, scale, bias, conv.stride, conv.padding, conv.dilation)
 
         return cached(self, "_packed_cache", self._conv_bn_key(), compute)
@@ -130,18 +127,23 @@ class RefinerBlock(nn.Module):
         """(weight, bias) of conv followed by eval-mode BN: W·γ/√(σ²+ε), β − μ·γ/√(σ²+ε). For a binary conv the
         fold only changes the per-output-channel scale of sign(W), so the layer stays sign times a scale. Cached
         until the conv weight or a BN tensor changes (optimizer steps, load_state_dict, running-stat updates)."""
-        conv, bn = self.conv, self.norm
-        key = self._conv_bn_key()
+        conv = self.conv
 
         def compute():
             w = conv.binary_weight() if getattr(conv, "is_binary", False) else conv.weight
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            bias = bn.bias - bn.running_mean * scale
-            if conv.bias is not None:
-                bias = bias + conv.bias * scale
+            scale, bias = self._bn_fold()
             return w * scale.view(-1, *([1] * (w.dim() - 1))), bias
 
-        return cached(self, "_folded_cache", key, compute)
+        return cached(self, "_folded_cache", self._conv_bn_key(), compute)
+
+    def _bn_fold(self):
+        """Eval-mode BN after the conv as a per-output-channel (scale, bias): γ/√(σ²+ε), β − μ·scale (+ conv bias)."""
+        conv, bn = self.conv, self.norm
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = bn.bias - bn.running_mean * scale
+        if conv.bias is not None:
+            bias = bias + conv.bias * scale
+        return scale, bias
 
 
 class FeatureFusion(nn.Module):
