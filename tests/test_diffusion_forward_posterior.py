@@ -152,3 +152,27 @@ def test_shapes_k1_k4_and_3d(diff, shape):
     assert post.shape == shape and torch.isfinite(post).all()
     # at t = T nearly all of y0 is forgotten: q_mean ≈ p
     assert torch.allclose(diff.q_mean(y0, p, t)[1], p[1], atol=1e-4)
+
+
+def test_prior_eps_logits_are_bayes_with_y0_drawn_from_the_prior(diff):
+    """logit P(ε = 1 | y_t, p) when y0 ~ B(p) and y_t ~ q(y_t | y0, p) (Eq. 6), enumerated by hand."""
+    from nnunetv2_hidiff.diffusion import prior_eps_logits
+
+    abars = diff.alpha_bars.tolist()
+    for t in range(1, T + 1):
+        for y_t in (0, 1):
+            for p in (0.002, 0.1, 0.5, 0.8, 0.997):
+                ab = abars[t]
+                joint = {}
+                for y0 in (0, 1):
+                    q1 = ab * y0 + (1 - ab) * p  # P(y_t = 1 | y0, p)
+                    joint[y0] = (p if y0 else 1 - p) * (q1 if y_t else 1 - q1)
+                eps1 = joint[1 - y_t] / (joint[0] + joint[1])  # ε = 1 ⇔ y0 ≠ y_t
+                got = torch.sigmoid(prior_eps_logits(torch.tensor([float(y_t)]), torch.tensor([p]),
+                                                     torch.tensor([ab]), p_floor=1e-4)).item()
+                assert got == pytest.approx(eps1, rel=1e-4, abs=1e-6), (t, y_t, p)
+    # at t = T (ᾱ_T ≈ 0) y_t carries nothing: ŷ0 = |y_t − ε̂| is p itself, whatever y_t is
+    p = torch.tensor([0.05, 0.3, 0.9])
+    for y_t in (torch.zeros(3), torch.ones(3)):
+        eps = torch.sigmoid(prior_eps_logits(y_t, p, torch.tensor(abars[T])))
+        torch.testing.assert_close((y_t - eps).abs(), p, atol=2e-3, rtol=0)

@@ -480,3 +480,33 @@ def test_time_codes_cached_at_inference_equal_fresh_ones_and_follow_weight_chang
     torch.testing.assert_close(cached(3), fresh(3), rtol=1e-5, atol=1e-5)
     net.refiner.load_state_dict(state)
     torch.testing.assert_close(cached(3), fresh(3), rtol=1e-5, atol=1e-5)
+
+
+def test_prior_residual_refiner_starts_as_its_segmentor_and_learns_a_residual():
+    """prior_residual: the untrained refiner's one step from y_T returns p (up to the head's 1e-3 init), so the
+    refined argmax is the segmentor's; the state dict has the same keys as the paper's head, and a non-zero head
+    moves ŷ0 in logit space the same way whatever y_t is."""
+    torch.manual_seed(0)
+    net = _build(str(HIPPO_PLANS), ds=False, prior_residual=True)
+    plain = _build(str(HIPPO_PLANS), ds=False)
+    assert net.refiner.prior_residual and not plain.refiner.prior_residual
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    net.eval()
+    x = torch.randn(2, 1, 56, 40)
+    with torch.no_grad():
+        seg = net.segment(x)
+        p = net.prior_from_logits(seg.logits)
+        y0 = net.refine_prior(x, p, seg.features, steps=1)
+        torch.testing.assert_close(y0, p.clamp(1e-3, 1 - 1e-3), atol=5e-3, rtol=0)
+        net.refiner.head.weight.zero_()  # exactly the Bayes posterior: the refined argmax is the segmentor's
+        y0 = net.refine_prior(x, p, seg.features, steps=1)
+        torch.testing.assert_close(y0, p.clamp(1e-3, 1 - 1e-3), atol=1e-4, rtol=0)  # ᾱ_T is tiny, not 0
+        top2 = p.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 1e-4
+        assert clear.float().mean() > 0.95 and torch.equal(y0.argmax(1)[clear], p.argmax(1)[clear])
+        net.refiner.head.bias.fill_(2.0)  # +2 on the ŷ0 logit of every class
+        y_t = torch.bernoulli(p)
+        eps = torch.sigmoid(net.refiner_forward(x, y_t, p, 10, seg.features))
+        y0_hat = (y_t - eps).abs()
+        torch.testing.assert_close(torch.logit(y0_hat, eps=1e-7), torch.logit(p.clamp(1e-3, 1 - 1e-3)) + 2.0,
+                                   atol=5e-3, rtol=0)

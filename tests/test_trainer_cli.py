@@ -138,10 +138,30 @@ def test_export_writes_a_small_prediction_only_fold_that_predicts_like_the_origi
             net.refine = False
         torch.testing.assert_close(nets[1](x), nets[0](x), rtol=0.02, atol=0.02)
 
+    # --packed: 1 bit per binary weight (+ a float32 scale per output channel); with --fp32 the refined output is
+    # the original's up to float rounding, since sign(W)·mean|W| is all a binary layer uses
+    packed = tmp_path / "packed"
+    run_cli("nnunetv2_hidiff_export", ["-i", model, "-f", "0", "-o", packed, "--packed", "--fp32"], env)
+    one_bit = torch.load(packed / "fold_0" / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    bits = [k for k in one_bit if k.endswith(".weight_bits")]
+    assert bits and all(k.startswith("refiner.") and one_bit[k].dtype == torch.uint8 for k in bits)
+    assert not any(k[:-len("_bits")] in one_bit for k in bits)
+    net = nnUNetTrainerHiDiff_smoke.build_network_architecture(pm, pm.get_configuration("2d"), 1, 3,
+                                                               enable_deep_supervision=False)
+    net.load_state_dict(one_bit)  # strict, as the predictor loads
+    with torch.no_grad():
+        nets[0].refine = net.refine = True
+        torch.testing.assert_close(net.eval()(x), nets[0](x), rtol=1e-4, atol=1e-4)
+        assert not torch.equal(nets[0](x), nets[0].segmentor(x))  # the refinement did run
+
     images = root / "raw" / "Dataset990_Tiny" / "imagesTs"
-    run_cli("nnUNetv2_predict_from_modelfolder", ["-i", images, "-o", tmp_path / "pred", "-m", out, "-f", "0",
+    run_cli("nnUNetv2_predict_from_modelfolder", ["-i", images, "-o", tmp_path / "pred", "-m", packed, "-f", "0",
                                                   "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
     _check_predictions(tmp_path / "pred", images)
+    from nnunetv2_hidiff.cli.export import ExportError, prediction_network
+    for name in ("nnUNetTrainer", "nnUNetTrainerHiDiff_real_smoke"):  # nothing binary to pack
+        with pytest.raises(ExportError, match=f"--packed needs a binary HiDiff trainer.*{name}"):
+            prediction_network(model, {"trainer_name": name, "init_args": {"configuration": "2d"}})
     proc = subprocess.run([str(BIN / "nnunetv2_hidiff_export"), "-i", str(model), "-f", "3", "-o", str(tmp_path / "x")],
                           env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "fold_3/checkpoint_final.pth: not found" in proc.stderr

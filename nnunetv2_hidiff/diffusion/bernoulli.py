@@ -122,3 +122,28 @@ def calibrate(y_t: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
     y_t: {0,1}; eps_hat: predicted noise probabilities in [0, 1]; same shape (B, K, *spatial).
     """
     return (y_t - eps_hat).abs()
+
+
+def prior_eps_logits(y_t: torch.Tensor, prior: torch.Tensor, alpha_bar: torch.Tensor,
+                     p_floor: float = 1e-3) -> torch.Tensor:
+    """ε-logits of the refiner that knows nothing beyond the prior: y0 ~ B(p) a priori, updated by y_t.
+
+    With y_t ~ q(y_t | y0, p) = B(ᾱ_t·y0 + (1 − ᾱ_t)·p) (Eq. 6) and y0 ~ B(p), Bayes gives
+        logit P(y0 = 1 | y_t = 1, p) = log(ᾱ_t + (1 − ᾱ_t)·p) − log(1 − ᾱ_t) − log(1 − p)
+        logit P(y0 = 1 | y_t = 0, p) = log p + log(1 − ᾱ_t) − log(ᾱ_t + (1 − ᾱ_t)·(1 − p))
+    and ε = y0 ⊕ y_t, so logit P(ε = 1) = (1 − 2·y_t)·logit P(y0 = 1 | y_t, p). At t = T (ᾱ_T ≈ 0) this is
+    logit p: one reverse step from y_T returns p itself. A refiner adding a residual to this (in ŷ0-logit space)
+    starts as its segmentor and only has to learn where p is wrong (networks/refiner.py, ``prior_residual``).
+
+    y_t: {0,1} (B, K, *sp); prior: p (B, K, *sp), clamped to [p_floor, 1 − p_floor] so that a residual of a
+    few logits can still overturn a saturated softmax; alpha_bar: ᾱ_t broadcastable to y_t (e.g. (B, 1, 1, 1)).
+    Returns float32 logits of y_t's shape.
+    """
+    p = prior.float().clamp(p_floor, 1 - p_floor)
+    ab = alpha_bar.float().clamp(0, 1)
+    nb = (1 - ab).clamp_min(1e-6)
+    y = y_t.float()
+    on = torch.log(ab + nb * p) - torch.log(nb) - torch.log1p(-p)  # y_t = 1
+    off = torch.log(p) + torch.log(nb) - torch.log(ab + nb * (1 - p))  # y_t = 0
+    return (1 - 2 * y) * torch.where(y > 0.5, on, off)
+

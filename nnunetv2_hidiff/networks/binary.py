@@ -16,6 +16,7 @@ import itertools
 import math
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +24,7 @@ from torch import nn
 __all__ = [
     "ApproxSign", "BinaryConv2d", "BinaryConv3d", "BinaryLinear", "TimeThreshold", "TimeActivation",
     "TimestepEmbedding", "binarize_activation", "binarize_weight", "binary_sign", "conv_nd", "make_conv",
-    "make_linear", "sinusoidal_embedding",
+    "make_linear", "pack_binary_weights", "pack_sign_bits", "sinusoidal_embedding", "unpack_sign_weight",
 ]
 
 
@@ -84,6 +85,45 @@ class _CachedBinaryWeight:
             self.__dict__["_binary_weight_cache"] = (binary_sign(w) * weight_scale(w)).detach()
             self.__dict__["_binary_weight_key"] = key
         return self.__dict__["_binary_weight_cache"]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Also load a 1-bit checkpoint (:func:`pack_binary_weights`): ``weight_bits`` + ``weight_scale`` become
+        the weight ±mean|W|, which binarizes to exactly the stored sign(W)·mean|W|."""
+        if prefix + "weight_bits" in state_dict:
+            bits = state_dict.pop(prefix + "weight_bits")
+            scale = state_dict.pop(prefix + "weight_scale", None)
+            state_dict[prefix + "weight"] = unpack_sign_weight(bits, scale, self.weight.shape, prefix + "weight")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def pack_sign_bits(w: torch.Tensor) -> torch.Tensor:
+    """1[W > 0] (the sign convention of :func:`binary_sign`), flattened, 8 weights a byte (uint8, MSB first)."""
+    return torch.from_numpy(np.packbits((w.detach() > 0).cpu().numpy().reshape(-1)))
+
+
+def unpack_sign_weight(bits: torch.Tensor, scale: Optional[torch.Tensor], shape, name: str = "weight") -> torch.Tensor:
+    """±scale per output channel, float32, of ``shape``, from :func:`pack_sign_bits` and :func:`weight_scale`."""
+    n = math.prod(shape)
+    if bits.dtype != torch.uint8 or bits.numel() != (n + 7) // 8 or scale is None or scale.numel() != shape[0]:
+        raise RuntimeError(f"{name}: a 1-bit weight of shape {tuple(shape)} needs {(n + 7) // 8} uint8 bytes and "
+                           f"{shape[0]} scales, got {bits.numel()} {bits.dtype} bytes and "
+                           f"{None if scale is None else scale.numel()} scales")
+    signs = torch.from_numpy(np.unpackbits(bits.cpu().numpy(), count=n).astype(np.float32)).mul_(2).sub_(1)
+    return signs.view(shape) * scale.float().cpu().view(-1, *([1] * (len(shape) - 1)))
+
+
+def pack_binary_weights(network: nn.Module, state_dict: dict) -> dict:
+    """``state_dict`` of ``network`` with each binary layer's weight (modules with ``is_binary``) stored as 1 bit per
+    weight (``<name>.weight_bits``) plus its float32 scale mean|W| per output channel (``<name>.weight_scale``).
+    Every binary layer loads it back (``load_state_dict``, strict) into the same sign(W)·mean|W|; training state
+    is lost (W itself is not kept), so this is for prediction only."""
+    out = dict(state_dict)
+    for name, m in network.named_modules():
+        if getattr(m, "is_binary", False) and f"{name}.weight" in out:
+            w = out.pop(f"{name}.weight").float()
+            out[f"{name}.weight_bits"] = pack_sign_bits(w)
+            out[f"{name}.weight_scale"] = weight_scale(w).reshape(-1).clone()
+    return out
 
 
 def binarize_activation(x: torch.Tensor) -> torch.Tensor:

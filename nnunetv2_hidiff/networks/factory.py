@@ -40,14 +40,15 @@ def conv_dim_of(segmentor: nn.Module) -> int:
 def build_hidiff_network(plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
                          enable_deep_supervision: bool = True, *, binary: bool = True, use_xformer: bool = True,
                          refiner_width: int = 32, refiner_max_width: int = 256, num_diffusion_steps: int = 10,
-                         schedule: str = "cosine", blocks_per_stage: int = 1,
+                         schedule: str = "cosine", blocks_per_stage: int = 1, prior_residual: bool = False,
                          segmentor: Optional[nn.Module] = None) -> HiDiffNetwork:
     """Build segmentor + refiner + diffusion from a PlansManager/ConfigurationManager.
 
     The first five arguments are exactly those of nnUNetTrainer.build_network_architecture in
     nnunetv2 2.8.1, so a trainer can return this directly. HiDiff options are keyword-only:
     binary (BBDM) or real refiner, X-Former on/off, refiner widths, number of diffusion steps T,
-    noise schedule ("cosine", s = 0.008), RefinerBlocks per stage. Pass ``segmentor`` to wrap an
+    noise schedule ("cosine", s = 0.008), RefinerBlocks per stage, a refiner head that is a residual on the prior's
+    Bayes posterior (``prior_residual``, see HiDiffRefiner). Pass ``segmentor`` to wrap an
     already-built segmentor (it must expose .encoder → skips and .decoder(skips)); otherwise the
     plan's network is built with :func:`build_segmentor`.
 
@@ -60,11 +61,12 @@ def build_hidiff_network(plans_manager, configuration_manager, num_input_channel
         segmentor = build_segmentor(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                     enable_deep_supervision)
     encoder = segmentor.encoder
+    diffusion = BernoulliDiffusion(num_steps=num_diffusion_steps, schedule=schedule, s=0.008)
     refiner = HiDiffRefiner(
         dim=conv_dim_of(segmentor), in_channels=num_input_channels, num_classes=num_output_channels,
         strides=encoder.strides, seg_channels=encoder.output_channels, width=refiner_width,
-        max_width=refiner_max_width, binary=binary, use_xformer=use_xformer, blocks_per_stage=blocks_per_stage)
-    diffusion = BernoulliDiffusion(num_steps=num_diffusion_steps, schedule=schedule, s=0.008)
+        max_width=refiner_max_width, binary=binary, use_xformer=use_xformer, blocks_per_stage=blocks_per_stage,
+        prior_residual_alpha_bars=diffusion.alpha_bars.tolist() if prior_residual else None)
     return HiDiffNetwork(segmentor, refiner, diffusion, num_classes=num_output_channels)
 
 

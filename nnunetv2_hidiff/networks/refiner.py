@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunetv2_hidiff.diffusion import prior_eps_logits
+
 from .binary import TimestepEmbedding, cached, make_conv, mark_cached_embedding
 from .blocks import FeatureFusion, RefinerBlock
 from .xformer import XFormer
@@ -62,12 +64,18 @@ class HiDiffRefiner(nn.Module):
         num_heads, mlp_ratio: X-Former heads (reduced to a divisor of the width if needed), FFN ratio.
         eps_init_prob: initial ε̂ of the head (see above).
         cond_dim: width of the time code read by the TB/TA layers (≥ T keeps them fully expressive).
+        prior_residual_alpha_bars: ᾱ_0..ᾱ_T of the diffusion to make the head a residual on the prior (not in the
+            paper): ε̂-logits = (1 − 2·y_t)·(logit P(y0 = 1 | y_t, p) + head), with the Bayes posterior of
+            :func:`~nnunetv2_hidiff.diffusion.prior_eps_logits` and a head that starts at 0, so the untrained
+            refiner returns its segmentor's p after one step from y_T and learns only corrections. None: the
+            paper's direct ε̂ head (init above).
     """
 
     def __init__(self, dim: int, in_channels: int, num_classes: int, strides: Sequence[Union[int, Sequence[int]]],
                  seg_channels: Sequence[int], width: int = 32, max_width: int = 256, binary: bool = True,
                  use_xformer: bool = True, blocks_per_stage: int = 1, num_heads: int = 4, mlp_ratio: int = 4,
-                 eps_init_prob: float = 0.02, cond_dim: int = 16):
+                 eps_init_prob: float = 0.02, cond_dim: int = 16,
+                 prior_residual_alpha_bars: Optional[Sequence[float]] = None):
         super().__init__()
         if len(strides) != len(seg_channels):
             raise ValueError(f"need one segmentor channel count per stage: {len(strides)} strides, "
@@ -108,7 +116,12 @@ class HiDiffRefiner(nn.Module):
 
         self.head = make_conv(dim, self.widths[0], num_classes, 3, binary=False, bias=True)
         nn.init.normal_(self.head.weight, std=1e-3)
-        nn.init.constant_(self.head.bias, math.log(eps_init_prob / (1 - eps_init_prob)))
+        self.prior_residual = prior_residual_alpha_bars is not None
+        if self.prior_residual:  # not persistent: the state dict is the same as the direct head's
+            self.register_buffer("alpha_bars", torch.as_tensor(prior_residual_alpha_bars, dtype=torch.float32),
+                                 persistent=False)
+        nn.init.constant_(self.head.bias, 0.0 if self.prior_residual
+                          else math.log(eps_init_prob / (1 - eps_init_prob)))
 
     def project_features(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """The segmentor skips projected to the refiner's widths (one per stage). They depend neither on y_t
@@ -165,4 +178,8 @@ class HiDiffRefiner(nn.Module):
                 h = block(h, emb)
         if h.shape[2:] != x.shape[2:]:  # only if the plan's first stride is not 1
             h = F.interpolate(h, size=x.shape[2:], mode="nearest")
-        return self.head(h)
+        out = self.head(h)
+        if self.prior_residual:
+            ab = self.alpha_bars[t.to(self.alpha_bars.device)].view(-1, *([1] * (out.dim() - 1)))
+            out = (1 - 2 * y_t.float()) * out.float() + prior_eps_logits(y_t, prior, ab)  # float32 under autocast too
+        return out

@@ -59,6 +59,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     lambda_focal = 1.0  # Eq. 13
     lambda_bce = 0.0  # a BCE share in L_diff to calibrate ε̂ where there is no noise (not in the paper; losses.py)
     lambda_diff = 1.0  # Eq. 17
+    prior_residual = False  # True: the refiner head is a residual on the prior's Bayes posterior (refiner.py)
     alternate_training = True  # False (Table X, V1): after warm-up only the refiner trains
     # True: one refiner forward/backward per iteration updates both networks (the segmentor's L_diff then uses
     # the refiner before its update, BatchNorm in train mode); False: Algorithm 1's two steps
@@ -127,8 +128,9 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
 
     # ------------------------------------------------------------------ set-up
     def hidiff_config(self) -> dict:
-        return {k: getattr(self, k) for k in ("binary_refiner", "use_xformer", "refiner_width",
-                                              "num_diffusion_steps")}
+        config = {k: getattr(self, k) for k in ("binary_refiner", "use_xformer", "refiner_width",
+                                                "num_diffusion_steps")}
+        return {**config, "prior_residual": True} if self.prior_residual else config  # older checkpoints match
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -138,7 +140,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         network = build_hidiff_network(
             plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision,
             binary=cls.binary_refiner, use_xformer=cls.use_xformer, refiner_width=cls.refiner_width,
-            num_diffusion_steps=cls.num_diffusion_steps)
+            num_diffusion_steps=cls.num_diffusion_steps, prior_residual=cls.prior_residual)
         if cls.inference_steps is not None:
             network.num_inference_steps = cls.inference_steps
         network.packed = cls.packed_inference  # stays False where no kernel loads (one warning)

@@ -65,6 +65,10 @@ class nnUNetTrainerHiDiff_priorNoise1(nnUNetTrainerHiDiff):
     prior_logit_noise = 1.0
 
 
+class nnUNetTrainerHiDiff_res(nnUNetTrainerHiDiff):
+    prior_residual = True  # the refiner head is a residual on the prior's Bayes posterior (starts as the segmentor)
+
+
 class nnUNetTrainerHiDiff_V1(nnUNetTrainerHiDiff):
     binary_refiner, use_xformer, focal_gamma, alternate_training = False, False, 0.0, False
 
@@ -171,6 +175,10 @@ class nnUNetTrainerHiDiff_w8_joint_cpuWarm500(nnUNetTrainerHiDiff_cpuWarm500):
 
 class nnUNetTrainerHiDiff_w8_joint_bce1_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_cpuWarm500):
     lambda_bce = 1.0  # ε̂ calibrated on entries without noise (issue 12, finding 4)
+
+
+class nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_cpuWarm500):
+    prior_residual = True  # issue 12: a refiner that starts as its segmentor and learns only corrections
 
 
 class nnUNetTrainerHiDiff_joint_bce1_cpuWarm500(nnUNetTrainerHiDiff_cpuWarm500):
