@@ -298,11 +298,18 @@ def test_pseudo_dice_is_the_segmentors_in_every_epoch(trainer):
 
 @pytest.mark.parametrize("name, budget, warmup", [("nnUNetTrainerHiDiff_cpuWarm500", (20, 25, 5), 0),
                                                   ("nnUNetTrainerHiDiff_real_cpuWarm500", (20, 25, 5), 0),
-                                                  ("nnUNetTrainerHiDiff_cpu1750", (70, 25, 5), 11)])
+                                                  ("nnUNetTrainerHiDiff_cpu1750", (70, 25, 5), 11),
+                                                  ("nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500", (20, 25, 5), 0),
+                                                  ("nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm2000", (80, 25, 5), 0)])
 def test_issue12_protocol_variants(nnunet_paths, name, budget, warmup):
     tr = make_trainer(name)
     assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == budget
     assert tr.num_warmup_epochs == warmup and tr.inference_steps is None
+    residual = "_res_" in name  # the prior-residual head is part of the checkpoint's HiDiff configuration
+    assert tr.hidiff_config().get("prior_residual", False) is residual
+    net = type(tr).build_network_architecture(tr.plans_manager, tr.configuration_manager, 1,
+                                              tr.label_manager.num_segmentation_heads, enable_deep_supervision=False)
+    assert net.refiner.prior_residual is residual
     tr.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert tr.inference_allowed_mirroring_axes is None
 

@@ -181,6 +181,10 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500(nnUNetTrainerHiDiff_w8_jo
     prior_residual = True  # issue 12: a refiner that starts as its segmentor and learns only corrections
 
 
+class nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm2000(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
+    budget_epochs = 80  # 4x the refiner iterations: does a longer run learn corrections, or stay the identity?
+
+
 class nnUNetTrainerHiDiff_joint_bce1_cpuWarm500(nnUNetTrainerHiDiff_cpuWarm500):
     joint_step, lambda_bce = True, 1.0  # the paper's width 32: does the width-8 refiner above refine as well?
 
