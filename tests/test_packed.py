@@ -35,6 +35,7 @@ def isa(request):
     (1, 3, 5, 6, 7, 1, 1, 0),        # 1x1, no padding
     (1, 300, 9, 5, 4, 3, 1, 1),      # more than 31 words: the AVX2 byte accumulator is flushed
     (3, 16, 8, 4, 3, 3, (2, 1), 1),  # anisotropic stride
+    (2, 40, 33, 20, 17, 3, 1, 1),    # > 256 pixels (packing blocks), 32 + 1 output channels (AVX-512 blocks)
 ])
 def test_packed_conv_equals_the_simulated_conv(isa, b, c, o, h, w, k, stride, pad):
     g = torch.Generator().manual_seed(c * o + h)

@@ -34,7 +34,7 @@ __all__ = ["ISA_NAMES", "PackedConv2d", "isa", "library", "set_isa"]
 
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512-vpopcntdq"}
 _SOURCE = Path(__file__).with_name("xnor_kernels.c")
-_ABI = 5
+_ABI = 7
 _state = {"lib": None, "tried": False}
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
@@ -47,7 +47,7 @@ def _declare(lib):
     lib.hidiff_pack_weight.restype = None
     lib.hidiff_pack_weight.argtypes = [_P, _I, _I, _I, _I, _I, _I, _P]
     lib.hidiff_xnor_conv.restype = _I
-    lib.hidiff_xnor_conv.argtypes = [_P, _I, _I, _P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P]
+    lib.hidiff_xnor_conv.argtypes = [_P, _I, _I, _P, _I, _I, _I, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P]
     lib.hidiff_pack_signs.restype = None
     lib.hidiff_pack_signs.argtypes = [_P, _P, _I, _I, _I, _I, _I, _I, _P]
     lib.hidiff_pack_columns.restype = None
@@ -136,9 +136,11 @@ def _run(parts: int, total: int, fn) -> None:
 
     pool = _POOL.get(parts)
     if pool is None:
-        pool = _POOL[parts] = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="hidiff_xnor")
+        pool = _POOL[parts] = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="hidiff_xnor")
     bounds = [total * i // parts for i in range(parts + 1)]
-    for f in [pool.submit(fn, bounds[i], bounds[i + 1], i) for i in range(parts)]:
+    futures = [pool.submit(fn, bounds[i], bounds[i + 1], i) for i in range(1, parts)]
+    fn(bounds[0], bounds[1], 0)  # the calling thread does the first slice instead of waiting
+    for f in futures:
         f.result()
 
 
@@ -169,14 +171,22 @@ class PackedConv2d:
         """Storage of the packed weights and the float scale and bias."""
         return self.w_t.numel() * 8 + (self.scale.numel() + self.bias.numel()) * 4
 
-    def base(self, h: int, w: int) -> torch.Tensor:
-        """K + corr (O, Ho·Wo): corr = the sum of sign(W) over the taps of each output pixel that fall into the
-        zero padding (the kernel packs them as −1, the simulated conv multiplies them by 0). Per input size."""
+    def base(self, h: int, w: int):
+        """The padding correction per input size: (bidx (Ho·Wo,) int32, corr (O, nb) int32). corr = the sum of
+        sign(W) over the taps of each output pixel that fall into the zero padding (the kernel packs them as −1,
+        the simulated conv multiplies them by 0); only the nb border pixels have one, bidx[n] = their column in
+        corr, −1 inside the image."""
         if (h, w) not in self._base:
             valid = torch.nn.functional.conv2d(torch.ones(1, self.in_channels, h, w), self.sign, None, self.stride,
                                                self.padding, self.dilation)[0]
-            corr = self.sign.sum(dim=(1, 2, 3)).view(-1, 1, 1) - valid
-            self._base[(h, w)] = (self.taps + corr).flatten(1).contiguous()
+            corr = (self.sign.sum(dim=(1, 2, 3)).view(-1, 1, 1) - valid).flatten(1).round().to(torch.int32)
+            border = (corr != 0).any(dim=0) | (torch.nn.functional.conv2d(
+                torch.ones(1, 1, h, w), torch.ones(1, 1, self.kh, self.kw), None, self.stride, self.padding,
+                self.dilation)[0, 0].flatten() < self.kh * self.kw)
+            bidx = torch.full((corr.shape[1],), -1, dtype=torch.int32)
+            where = border.nonzero().flatten()
+            bidx[where] = torch.arange(where.numel(), dtype=torch.int32)
+            self._base[(h, w)] = (bidx, corr[:, where].contiguous())
         return self._base[(h, w)]
 
     def __call__(self, x: torch.Tensor, threshold: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -193,7 +203,7 @@ class PackedConv2d:
         signs = torch.empty(b * h * w * ((c + 7) // 8), dtype=torch.uint8)
         bits = torch.empty(b * n * self.words, dtype=torch.int64)
         out = torch.empty(b, self.out_channels, ho, wo)
-        base, lib, thr_ptr = self.base(h, w), self.lib, None if thr is None else _ptr(thr)
+        (bidx, corr), lib, thr_ptr = self.base(h, w), self.lib, None if thr is None else _ptr(thr)
         # torch's intra-op threads: the C calls release the GIL, so a thread pool runs them in parallel
         parts = _parts(b * n * self.out_channels * self.words)
         scratch = torch.empty(parts, 64 * self.out_channels, dtype=torch.int32)
@@ -203,8 +213,8 @@ class PackedConv2d:
                                                                    ph, pw, dh, dw, ho, wo, self.words, r0, r1,
                                                                    _ptr(bits)))
         _run(parts, n, lambda n0, n1, i: lib.hidiff_xnor_conv(
-            _ptr(self.w_t), self.out_channels, self.o_pad, _ptr(bits), self.words, b, n, n0, n1, _ptr(base),
-            _ptr(self.scale), _ptr(self.bias), _ptr(scratch[i]), _ptr(out)))
+            _ptr(self.w_t), self.out_channels, self.o_pad, _ptr(bits), self.words, b, n, n0, n1, self.taps, _ptr(bidx),
+            _ptr(corr), corr.shape[1], _ptr(self.scale), _ptr(self.bias), _ptr(scratch[i]), _ptr(out)))
         return out
 
 

@@ -23,7 +23,7 @@
 #define HIDIFF_X86 0
 #endif
 
-#define HIDIFF_XNOR_ABI 5
+#define HIDIFF_XNOR_ABI 7
 
 enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
@@ -66,22 +66,35 @@ static inline int popcount64(uint64_t v) {
  * per-pixel correction sum over those taps of sign(W) (see packed.py), which makes the result exact. */
 
 /* Stage 1: the sign bytes of pixels [p0, p1) of every image of x (B, C, H, W), float32, contiguous, bit c % 8 of
- * byte c / 8 = x > threshold[b, c] (threshold may be NULL: 0). signs: (B, H * W, CB). */
+ * byte c / 8 = x > threshold[b, c] (threshold may be NULL: 0). signs: (B, H * W, CB). Each byte (8 channels of one
+ * pixel) is assembled in a small block buffer and written once: the channel loop streams the 8 input rows and
+ * vectorises, instead of 8 read-modify-writes of one strided byte per pixel. */
 void hidiff_pack_signs(const float *x, const float *threshold, int B, int C, int H, int W, int p0, int p1,
                        uint8_t *signs) {
+    enum { PB = 256 };
     const int CB = (C + 7) / 8;
     const size_t HW = (size_t)H * W;
-    for (int b = 0; b < B; ++b) {
-        memset(signs + ((size_t)b * HW + p0) * CB, 0, (size_t)(p1 - p0) * CB);
-        for (int c = 0; c < C; ++c) {
-            const float *xc = x + ((size_t)b * C + c) * HW;
-            const float thr = threshold ? threshold[(size_t)b * C + c] : 0.0f;
-            uint8_t *s = signs + (size_t)b * HW * CB + (c >> 3);
-            const uint8_t bit = (uint8_t)(1u << (c & 7));
-            for (int p = p0; p < p1; ++p)
-                if (xc[p] > thr) s[(size_t)p * CB] |= bit;
+    uint8_t acc[PB];
+    for (int b = 0; b < B; ++b)
+        for (int q0 = p0; q0 < p1; q0 += PB) {
+            const int len = p1 - q0 < PB ? p1 - q0 : PB;
+            uint8_t *dst = signs + ((size_t)b * HW + q0) * CB;
+            for (int g = 0; g < CB; ++g) {
+                memset(acc, 0, sizeof acc);
+                const int c_end = C < (g + 1) * 8 ? C : (g + 1) * 8;
+                for (int c = g * 8; c < c_end; ++c) {
+                    const float *xc = x + ((size_t)b * C + c) * HW + q0;
+                    const float thr = threshold ? threshold[(size_t)b * C + c] : 0.0f;
+                    const int shift = c & 7;
+                    for (int q = 0; q < len; ++q) acc[q] |= (uint8_t)((xc[q] > thr) << shift);
+                }
+                if (CB == 1) {
+                    memcpy(dst, acc, (size_t)len);
+                } else {
+                    for (int q = 0; q < len; ++q) dst[(size_t)q * CB + g] = acc[q];
+                }
+            }
         }
-    }
 }
 
 /* Stage 2: the im2col columns of output rows [r0, r1) of every image. bits: (B * Ho * Wo, words). */
@@ -179,14 +192,32 @@ __attribute__((target("avx2"))) static void gemm_avx2(const uint64_t *w_t, int O
     }
 }
 
-/* AVX-512 VPOPCNTDQ: 8 output channels per vector, popcount in hardware. */
+/* AVX-512 VPOPCNTDQ: 8 output channels per vector, popcount in hardware; four vectors (32 channels) share each
+ * broadcast activation word and keep four independent accumulators in flight. */
 __attribute__((target("avx512f,avx512vpopcntdq"))) static void gemm_avx512(const uint64_t *w_t, int O, int O_pad,
                                                                           const uint64_t *bits, int words,
                                                                           int total, int32_t *out) {
     for (int n = 0; n < total; ++n) {
         const uint64_t *a = bits + (size_t)n * words;
         int32_t *dst = out + (size_t)n * O;
-        for (int o = 0; o < O; o += 8) {
+        int o = 0;
+        for (; o + 32 <= O; o += 32) {
+            __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
+            __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
+            for (int k = 0; k < words; ++k) {
+                const uint64_t *wk = w_t + (size_t)k * O_pad + o;
+                const __m512i v = _mm512_set1_epi64((long long)a[k]);
+                c0 = _mm512_add_epi64(c0, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(wk), v)));
+                c1 = _mm512_add_epi64(c1, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(wk + 8), v)));
+                c2 = _mm512_add_epi64(c2, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(wk + 16), v)));
+                c3 = _mm512_add_epi64(c3, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(wk + 24), v)));
+            }
+            _mm256_storeu_si256((__m256i *)(dst + o), _mm512_cvtepi64_epi32(c0));
+            _mm256_storeu_si256((__m256i *)(dst + o + 8), _mm512_cvtepi64_epi32(c1));
+            _mm256_storeu_si256((__m256i *)(dst + o + 16), _mm512_cvtepi64_epi32(c2));
+            _mm256_storeu_si256((__m256i *)(dst + o + 24), _mm512_cvtepi64_epi32(c3));
+        }
+        for (; o < O; o += 8) {
             __m512i acc = _mm512_setzero_si512();
             for (int k = 0; k < words; ++k) {
                 __m512i v = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w_t + (size_t)k * O_pad + o)),
@@ -206,13 +237,14 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) static void gemm_avx512(const
 }
 #endif
 
-/* The convolution's output (B, O, N), float: out[b, o, n] = scale[o] * (base[o, n] - 2 * popcount) + bias[o],
- * base = K + the padding correction (packed.py), for the columns [first, last) of every image (threads split
- * the columns; scratch: 64 * O int32 per thread). Columns are processed in blocks of 64 so that the counts of a
- * block are written out row by row (contiguous) instead of one scattered value per channel. */
+/* The convolution's output (B, O, N), float: out[b, o, n] = scale[o] * (K - 2 * popcount + corr) + bias[o] for the
+ * columns [first, last) of every image (threads split the columns; scratch: 64 * O int32 per thread). corr is
+ * the padding correction, non-zero only at the few border pixels: bidx[n] = -1 inside the image, else the column
+ * of pixel n in corr (O, nb), so no (O, N) table is streamed. Columns are processed in blocks of 64 so that the
+ * counts of a block are written out row by row (contiguous) instead of one scattered value per channel. */
 int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits, int words, int B, int N,
-                     int first, int last, const float *base, const float *scale, const float *bias,
-                     int32_t *scratch, float *out) {
+                     int first, int last, int K, const int32_t *bidx, const int32_t *corr, int nb,
+                     const float *scale, const float *bias, int32_t *scratch, float *out) {
     enum { BLOCK = 64 };
     int isa = hidiff_xnor_isa();
     for (int b = 0; b < B; ++b)
@@ -225,11 +257,21 @@ int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits
             else
 #endif
                 gemm_scalar(w_t, O, O_pad, block, words, cols, scratch);
+            int border = 0;
+            for (int j = 0; j < cols; ++j) border |= bidx[n0 + j] >= 0;
             for (int o = 0; o < O; ++o) {
                 const float s = scale[o], t = bias[o];
-                const float *bo = base + (size_t)o * N + n0;
                 float *dst = out + ((size_t)b * O + o) * N + n0;
-                for (int j = 0; j < cols; ++j) dst[j] = s * (bo[j] - 2.0f * (float)scratch[(size_t)j * O + o]) + t;
+                const int32_t *src = scratch + o;
+                if (!border) {
+                    for (int j = 0; j < cols; ++j) dst[j] = s * (float)(K - 2 * src[(size_t)j * O]) + t;
+                } else {
+                    const int32_t *co = corr + (size_t)o * nb;
+                    for (int j = 0; j < cols; ++j) {
+                        const int k = bidx[n0 + j];
+                        dst[j] = s * (float)(K - 2 * src[(size_t)j * O] + (k >= 0 ? co[k] : 0)) + t;
+                    }
+                }
             }
         }
     return isa;
