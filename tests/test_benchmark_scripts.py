@@ -3,6 +3,7 @@ tiny dataset: they run as scripts, write JSON with the expected keys and values 
 numbers match a recomputation here, independent of the scripts' own code."""
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -257,3 +258,44 @@ def test_gpu_check_says_plainly_that_it_needs_cuda():
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode == 2 and "no CUDA device" in proc.stdout and "Nothing was run" in proc.stdout
+
+
+def _csv(path, rows):
+    lines = ["trainer,fold,class,case,metric,value,split,output"]
+    lines += [",".join(map(str, r)) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_merge_results_pools_folds_recounts_nan_and_refuses_duplicates(tmp_path):
+    """benchmarks/merge_results.py: two collections of different folds become one results.csv/summary.md with
+    every fold; the HD95 NaN ratio is recounted from the rows; a fold present twice is an error."""
+    base, hd = "nnUNetTrainerBaseline_5epochs", "nnUNetTrainerHiDiff_x"
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    rows_a = [(base, 0, "L", "c1", "Dice", 0.8, "validation", "segmentor"),
+              (base, 0, "L", "c1", "HD95", 2.0, "validation", "segmentor"),
+              (base, 0, "L", "c2", "Dice", "nan", "validation", "segmentor"),  # both empty
+              (base, 0, "L", "c2", "HD95", "nan", "validation", "segmentor"),
+              (hd, 0, "L", "c1", "Dice", 0.7, "validation", "refined"),
+              (hd, 0, "L", "c1", "HD95", "nan", "validation", "refined"),  # one mask empty
+              (hd, 0, "L", "c1", "Dice", 0.9, "validation", "segmentor"),
+              (hd, 0, "L", "c1", "HD95", 1.0, "validation", "segmentor")]
+    rows_b = [(t, 1, c, k, m, v, s, o) for (t, _, c, k, m, v, s, o) in rows_a]
+    _csv(a, rows_a)
+    _csv(b, rows_b)
+    rec = tmp_path / "hidiff_fold_x_fold1.json"
+    rec.write_text(json.dumps({"trainer": hd, "warm_start": "/seg/fold_1/checkpoint_final.pth",
+                               "budget": {"epochs": 3, "iterations_per_epoch": 5}}))
+    out = tmp_path / "out"
+    args = ["-d", "Dataset999_X", "--results", a, b, "--records", rec, "--trainers", base, hd, "-o", out]
+    run_script("merge_results.py", args, dict(os.environ))
+    merged = (out / "results.csv").read_text().splitlines()
+    assert len(merged) == 1 + len(rows_a) + len(rows_b)
+    summary = (out / "summary.md").read_text()
+    assert f"| {base} | foreground | 2 |" in summary  # both folds pooled
+    assert "0.000 (0/2)" in summary  # baseline: c2 both empty (not counted), c1 defined, over 2 folds
+    assert "1.000 (2/2)" in summary  # refined: HD95 undefined with a defined Dice on both folds
+    assert "/seg/fold_{fold}/checkpoint_final.pth" in summary  # the warm start from the record (fold from the name)
+    assert "3 epochs × 5 iterations" in summary  # the budget from the record
+    dup = run_script("merge_results.py", ["-d", "Dataset999_X", "--results", a, a, "--trainers", base, "-o", out],
+                     dict(os.environ), expect_rc=2)
+    assert "collected twice" in dup.stderr
