@@ -145,8 +145,14 @@ def test_without_any_kernel_one_warning_and_the_simulated_path(tmp_path):
     assert count == "1" and "simulated" in message
 
 
-def test_threaded_packing_and_popcount_equal_one_thread(monkeypatch):
-    """The stages split over torch's intra-op threads (row and column slices) give the single-thread result."""
+@pytest.mark.parametrize("openmp", [True, False])
+def test_threaded_packing_and_popcount_equal_one_thread(monkeypatch, openmp):
+    """The stages split over threads (pixel, row and column slices) give the single-thread result: with OpenMP
+    (torch's own pool, when the kernels were built with it) and with the thread-pool fallback."""
+    if openmp and not packed.library().hidiff_xnor_openmp():
+        pytest.fail("the kernels were built without OpenMP here (setup.py and packed.py build with -fopenmp)")
+    if not openmp:
+        monkeypatch.setattr(packed.library(), "hidiff_xnor_openmp", lambda: 0)
     g = torch.Generator().manual_seed(5)
     weight, x = torch.randn(24, 20, 3, 3, generator=g), torch.randn(3, 20, 23, 17, generator=g)
     thr, scale, bias = torch.randn(3, 20, generator=g), torch.rand(24, generator=g), torch.randn(24, generator=g)

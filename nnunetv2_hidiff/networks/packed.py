@@ -34,7 +34,7 @@ __all__ = ["ISA_NAMES", "PackedConv2d", "isa", "library", "set_isa"]
 
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512-vpopcntdq"}
 _SOURCE = Path(__file__).with_name("xnor_kernels.c")
-_ABI = 7
+_ABI = 9
 _state = {"lib": None, "tried": False}
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
@@ -52,6 +52,14 @@ def _declare(lib):
     lib.hidiff_pack_signs.argtypes = [_P, _P, _I, _I, _I, _I, _I, _I, _P]
     lib.hidiff_pack_columns.restype = None
     lib.hidiff_pack_columns.argtypes = [_P] + [_I] * 17 + [_P]
+    lib.hidiff_xnor_openmp.restype = _I
+    lib.hidiff_pack_signs_par.restype = None
+    lib.hidiff_pack_signs_par.argtypes = [_P, _P, _I, _I, _I, _I, _I, _P]
+    lib.hidiff_pack_columns_par.restype = None
+    lib.hidiff_pack_columns_par.argtypes = [_P] + [_I] * 16 + [_P]
+    lib.hidiff_xnor_conv_par.restype = _I
+    lib.hidiff_xnor_conv_par.argtypes = [_P, _I, _I, _P, _I, _I, _I, _I, _P, _P, _I, _P, _P, _I, _P, ctypes.c_long,
+                                         _P]
     return lib
 
 
@@ -68,8 +76,11 @@ def _compile_into_cache() -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         compiler = os.environ.get("CC", "cc")
-        cmd = [compiler, "-O3", "-shared", "-fPIC", "-o", str(tmp), str(_SOURCE)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        base = [compiler, "-O3", "-shared", "-fPIC", "-o", str(tmp), str(_SOURCE)]
+        for cmd in (base + ["-fopenmp"], base):  # OpenMP when the compiler has it (see xnor_kernels.c)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
         if proc.returncode != 0:
             raise OSError(f"'{' '.join(cmd)}' failed: {proc.stderr.strip()[-300:]}")
         os.replace(tmp, target)
@@ -204,9 +215,18 @@ class PackedConv2d:
         bits = torch.empty(b * n * self.words, dtype=torch.int64)
         out = torch.empty(b, self.out_channels, ho, wo)
         (bidx, corr), lib, thr_ptr = self.base(h, w), self.lib, None if thr is None else _ptr(thr)
-        # torch's intra-op threads: the C calls release the GIL, so a thread pool runs them in parallel
         parts = _parts(b * n * self.out_channels * self.words)
-        scratch = torch.empty(parts, 64 * self.out_channels, dtype=torch.int32)
+        stride = max(64 * self.out_channels, 128 * self.words)
+        scratch = torch.empty(parts, stride, dtype=torch.int32)
+        if lib.hidiff_xnor_openmp():  # torch's own OpenMP threads (see xnor_kernels.c)
+            lib.hidiff_pack_signs_par(_ptr(x), thr_ptr, b, c, h, w, parts, _ptr(signs))
+            lib.hidiff_pack_columns_par(_ptr(signs), b, c, h, w, self.kh, self.kw, sh, sw, ph, pw, dh, dw, ho, wo,
+                                        self.words, parts, _ptr(bits))
+            lib.hidiff_xnor_conv_par(_ptr(self.w_t), self.out_channels, self.o_pad, _ptr(bits), self.words, b, n,
+                                     self.taps, _ptr(bidx), _ptr(corr), corr.shape[1], _ptr(self.scale),
+                                     _ptr(self.bias), parts, _ptr(scratch), stride, _ptr(out))
+            return out
+        # without OpenMP: a thread pool; the C calls release the GIL
         _run(parts, h * w, lambda p0, p1, _: lib.hidiff_pack_signs(_ptr(x), thr_ptr, b, c, h, w, p0, p1,
                                                                     _ptr(signs)))
         _run(parts, ho, lambda r0, r1, _: lib.hidiff_pack_columns(_ptr(signs), b, c, h, w, self.kh, self.kw, sh, sw,

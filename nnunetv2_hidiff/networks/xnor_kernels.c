@@ -10,8 +10,8 @@
  * of pixel n (0 inside the image; packed.py computes it once per input size). The activations are binarized
  * while they are packed: bit = x > threshold[b, c], i.e. the time-dependent threshold TB is fused into the packing.
  *
- * The popcount loop is dispatched at run time: AVX-512 VPOPCNTDQ (8 output channels per instruction), AVX2
- * (4 channels, nibble-lookup popcount), or portable scalar. hidiff_xnor_set_isa forces a lower level (tests).
+ * The popcount loop is dispatched at run time: AVX-512 VPOPCNTDQ (8 pixels of one output channel per instruction,
+ * written out as they are), AVX2 (4 channels, nibble-lookup popcount), or portable scalar. hidiff_xnor_set_isa forces a lower level (tests).
  */
 #include <stdint.h>
 #include <string.h>
@@ -23,13 +23,25 @@
 #define HIDIFF_X86 0
 #endif
 
-#define HIDIFF_XNOR_ABI 7
+#define HIDIFF_XNOR_ABI 9
 
 enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
 static int forced_isa = -1;
 
 int hidiff_xnor_abi(void) { return HIDIFF_XNOR_ABI; }
+
+/* 1 when built with OpenMP: the *_par entry points below then split their work over OpenMP threads. Loaded into
+ * a process where torch has already loaded its libgomp.so.1, the dynamic linker binds this library to that same
+ * runtime (same soname), so the kernels run on torch's own intra-op thread pool instead of competing with its
+ * spinning workers. Without OpenMP the *_par functions run their parts one after another. */
+int hidiff_xnor_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 int hidiff_xnor_best_isa(void) {
 #if HIDIFF_X86 && (defined(__GNUC__) || defined(__clang__))
@@ -192,45 +204,61 @@ __attribute__((target("avx2"))) static void gemm_avx2(const uint64_t *w_t, int O
     }
 }
 
-/* AVX-512 VPOPCNTDQ: 8 output channels per vector, popcount in hardware; four vectors (32 channels) share each
- * broadcast activation word and keep four independent accumulators in flight. */
-__attribute__((target("avx512f,avx512vpopcntdq"))) static void gemm_avx512(const uint64_t *w_t, int O, int O_pad,
-                                                                          const uint64_t *bits, int words,
-                                                                          int total, int32_t *out) {
-    for (int n = 0; n < total; ++n) {
-        const uint64_t *a = bits + (size_t)n * words;
-        int32_t *dst = out + (size_t)n * O;
-        int o = 0;
-        for (; o + 32 <= O; o += 32) {
-            __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
-            __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
-            for (int k = 0; k < words; ++k) {
-                const uint64_t *wk = w_t + (size_t)k * O_pad + o;
-                const __m512i v = _mm512_set1_epi64((long long)a[k]);
-                c0 = _mm512_add_epi64(c0, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(wk), v)));
-                c1 = _mm512_add_epi64(c1, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(wk + 8), v)));
-                c2 = _mm512_add_epi64(c2, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(wk + 16), v)));
-                c3 = _mm512_add_epi64(c3, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(wk + 24), v)));
-            }
-            _mm256_storeu_si256((__m256i *)(dst + o), _mm512_cvtepi64_epi32(c0));
-            _mm256_storeu_si256((__m256i *)(dst + o + 8), _mm512_cvtepi64_epi32(c1));
-            _mm256_storeu_si256((__m256i *)(dst + o + 16), _mm512_cvtepi64_epi32(c2));
-            _mm256_storeu_si256((__m256i *)(dst + o + 24), _mm512_cvtepi64_epi32(c3));
+/* AVX-512 VPOPCNTDQ, the whole block of up to 64 columns including the output: the block's bits are transposed
+ * to word-major (tb[k * 64 + j]) so that one vector holds word k of 8 consecutive columns; each output channel
+ * then broadcasts its weight word against 8 such vectors (8 independent accumulators, 64 columns), and the 8
+ * counts of a vector are 8 consecutive pixels of that channel's output row: scaled and stored as they are, with
+ * no transposition of the counts and no scalar epilogue. Border columns are fixed afterwards (few). */
+__attribute__((target("avx512f,avx512vpopcntdq"))) static void block_avx512(
+    const uint64_t *w_t, int O, int O_pad, const uint64_t *block, int words, int cols, int K, const int32_t *bidx,
+    const int32_t *corr, int nb, const float *scale, const float *bias, uint64_t *tb, float *out, size_t N) {
+    for (int k = 0; k < words; ++k) {
+        uint64_t *row = tb + (size_t)k * 64;
+        for (int j = 0; j < cols; ++j) row[j] = block[(size_t)j * words + k];
+        for (int j = cols; j < 64; ++j) row[j] = 0;
+    }
+    int border = 0;
+    for (int j = 0; j < cols; ++j) border |= bidx[j] >= 0;
+    const __m256i vK = _mm256_set1_epi32(K);
+    for (int o = 0; o < O; ++o) {
+        __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512(), c2 = _mm512_setzero_si512();
+        __m512i c3 = _mm512_setzero_si512(), c4 = _mm512_setzero_si512(), c5 = _mm512_setzero_si512();
+        __m512i c6 = _mm512_setzero_si512(), c7 = _mm512_setzero_si512();
+        for (int k = 0; k < words; ++k) {
+            const __m512i w = _mm512_set1_epi64((long long)w_t[(size_t)k * O_pad + o]);
+            const uint64_t *r = tb + (size_t)k * 64;
+            c0 = _mm512_add_epi64(c0, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(r), w)));
+            c1 = _mm512_add_epi64(c1, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(r + 8), w)));
+            c2 = _mm512_add_epi64(c2, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(r + 16), w)));
+            c3 = _mm512_add_epi64(c3, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(r + 24), w)));
+            c4 = _mm512_add_epi64(c4, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(r + 32), w)));
+            c5 = _mm512_add_epi64(c5, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(r + 40), w)));
+            c6 = _mm512_add_epi64(c6, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(r + 48), w)));
+            c7 = _mm512_add_epi64(c7, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(r + 56), w)));
         }
-        for (; o < O; o += 8) {
-            __m512i acc = _mm512_setzero_si512();
-            for (int k = 0; k < words; ++k) {
-                __m512i v = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w_t + (size_t)k * O_pad + o)),
-                                             _mm512_set1_epi64((long long)a[k]));
-                acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(v));
+        int32_t cnt[64];
+        _mm256_storeu_si256((__m256i *)(cnt + 0), _mm512_cvtepi64_epi32(c0));
+        _mm256_storeu_si256((__m256i *)(cnt + 8), _mm512_cvtepi64_epi32(c1));
+        _mm256_storeu_si256((__m256i *)(cnt + 16), _mm512_cvtepi64_epi32(c2));
+        _mm256_storeu_si256((__m256i *)(cnt + 24), _mm512_cvtepi64_epi32(c3));
+        _mm256_storeu_si256((__m256i *)(cnt + 32), _mm512_cvtepi64_epi32(c4));
+        _mm256_storeu_si256((__m256i *)(cnt + 40), _mm512_cvtepi64_epi32(c5));
+        _mm256_storeu_si256((__m256i *)(cnt + 48), _mm512_cvtepi64_epi32(c6));
+        _mm256_storeu_si256((__m256i *)(cnt + 56), _mm512_cvtepi64_epi32(c7));
+        const float s = scale[o], t = bias[o];
+        float *dst = out + (size_t)o * N;
+        if (!border && cols == 64) {
+            const __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(t);
+            for (int j = 0; j < 64; j += 8) {
+                const __m256i c = _mm256_loadu_si256((const __m256i *)(cnt + j));
+                const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(vK, _mm256_add_epi32(c, c)));
+                _mm256_storeu_ps(dst + j, _mm256_add_ps(_mm256_mul_ps(vs, v), vt));
             }
-            __m256i eight = _mm512_cvtepi64_epi32(acc);
-            if (o + 8 <= O) {
-                _mm256_storeu_si256((__m256i *)(dst + o), eight);
-            } else {
-                int32_t lanes[8];
-                _mm256_storeu_si256((__m256i *)lanes, eight);
-                for (int l = 0; o + l < O; ++l) dst[o + l] = lanes[l];
+        } else {
+            const int32_t *co = corr + (size_t)o * nb;
+            for (int j = 0; j < cols; ++j) {
+                const int k = bidx[j];
+                dst[j] = s * (float)(K - 2 * cnt[j] + (k >= 0 ? co[k] : 0)) + t;
             }
         }
     }
@@ -245,15 +273,19 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) static void gemm_avx512(const
 int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits, int words, int B, int N,
                      int first, int last, int K, const int32_t *bidx, const int32_t *corr, int nb,
                      const float *scale, const float *bias, int32_t *scratch, float *out) {
-    enum { BLOCK = 64 };
+    enum { BLOCK = 64 };  /* scratch: max(64 * O int32, 64 * words uint64) per thread */
     int isa = hidiff_xnor_isa();
     for (int b = 0; b < B; ++b)
         for (int n0 = first; n0 < last; n0 += BLOCK) {
             const int cols = last - n0 < BLOCK ? last - n0 : BLOCK;
             const uint64_t *block = bits + ((size_t)b * N + n0) * words;
 #if HIDIFF_X86 && (defined(__GNUC__) || defined(__clang__))
-            if (isa == ISA_AVX512) gemm_avx512(w_t, O, O_pad, block, words, cols, scratch);
-            else if (isa == ISA_AVX2) gemm_avx2(w_t, O, O_pad, block, words, cols, scratch);
+            if (isa == ISA_AVX512) {
+                block_avx512(w_t, O, O_pad, block, words, cols, K, bidx + n0, corr, nb, scale, bias,
+                             (uint64_t *)scratch, out + (size_t)b * O * N + n0, (size_t)N);
+                continue;
+            }
+            if (isa == ISA_AVX2) gemm_avx2(w_t, O, O_pad, block, words, cols, scratch);
             else
 #endif
                 gemm_scalar(w_t, O, O_pad, block, words, cols, scratch);
@@ -275,4 +307,38 @@ int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits
             }
         }
     return isa;
+}
+
+/* The three stages split into `parts` contiguous slices (pixels, output rows, columns), one OpenMP thread each. */
+void hidiff_pack_signs_par(const float *x, const float *threshold, int B, int C, int H, int W, int parts,
+                           uint8_t *signs) {
+    const long total = (long)H * W;
+#pragma omp parallel for num_threads(parts) schedule(static)
+    for (int i = 0; i < parts; ++i)
+        hidiff_pack_signs(x, threshold, B, C, H, W, (int)(total * i / parts), (int)(total * (i + 1) / parts), signs);
+}
+
+void hidiff_pack_columns_par(const uint8_t *signs, int B, int C, int H, int W, int kh, int kw, int sh, int sw,
+                             int ph, int pw, int dh, int dw, int Ho, int Wo, int words, int parts, uint64_t *bits) {
+#pragma omp parallel for num_threads(parts) schedule(static)
+    for (int i = 0; i < parts; ++i)
+        hidiff_pack_columns(signs, B, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, words,
+                            (int)((long)Ho * i / parts), (int)((long)Ho * (i + 1) / parts), bits);
+}
+
+/* scratch: parts rows of scratch_stride int32 each. Returns the instruction set used. */
+int hidiff_xnor_conv_par(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits, int words, int B, int N, int K,
+                         const int32_t *bidx, const int32_t *corr, int nb, const float *scale, const float *bias,
+                         int parts, int32_t *scratch, long scratch_stride, float *out) {
+#pragma omp parallel for num_threads(parts) schedule(static)
+    for (int i = 0; i < parts; ++i) {
+        /* slices of whole 64-column blocks, so that every thread but the last runs full blocks */
+        const long blocks = ((long)N + 63) / 64;
+        const int first = (int)(64 * (blocks * i / parts)), last_block = (int)(64 * (blocks * (i + 1) / parts));
+        const int last = last_block < N ? last_block : N;
+        if (first < last)
+            hidiff_xnor_conv(w_t, O, O_pad, bits, words, B, N, first, last, K, bidx, corr, nb, scale, bias,
+                             scratch + scratch_stride * i, out);
+    }
+    return hidiff_xnor_isa();
 }
