@@ -300,7 +300,8 @@ def test_pseudo_dice_is_the_segmentors_in_every_epoch(trainer):
                                                   ("nnUNetTrainerHiDiff_real_cpuWarm500", (20, 25, 5), 0),
                                                   ("nnUNetTrainerHiDiff_cpu1750", (70, 25, 5), 11),
                                                   ("nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500", (20, 25, 5), 0),
-                                                  ("nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm2000", (80, 25, 5), 0)])
+                                                  ("nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm2000", (80, 25, 5), 0),
+                                                  ("nnUNetTrainerHiDiff_joint_bce1_res_cpuWarm500", (20, 25, 5), 0)])
 def test_issue12_protocol_variants(nnunet_paths, name, budget, warmup):
     tr = make_trainer(name)
     assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == budget
@@ -310,6 +311,7 @@ def test_issue12_protocol_variants(nnunet_paths, name, budget, warmup):
     net = type(tr).build_network_architecture(tr.plans_manager, tr.configuration_manager, 1,
                                               tr.label_manager.num_segmentation_heads, enable_deep_supervision=False)
     assert net.refiner.prior_residual is residual
+    assert tr.refiner_width == (8 if "_w8_" in name else 32)
     tr.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert tr.inference_allowed_mirroring_axes is None
 

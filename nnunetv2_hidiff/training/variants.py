@@ -189,6 +189,10 @@ class nnUNetTrainerHiDiff_joint_bce1_cpuWarm500(nnUNetTrainerHiDiff_cpuWarm500):
     joint_step, lambda_bce = True, 1.0  # the paper's width 32: does the width-8 refiner above refine as well?
 
 
+class nnUNetTrainerHiDiff_joint_bce1_res_cpuWarm500(nnUNetTrainerHiDiff_joint_bce1_cpuWarm500):
+    prior_residual = True  # the paper's width 32 with the residual head: what does width 8 give up? (issue 14)
+
+
 # ---- the plain nnU-Net baseline at the same budgets ----
 class nnUNetTrainerBaseline(nnUNetTrainer):
     """Plain nnU-Net with the budget attributes of nnUNetTrainerHiDiff (None = nnU-Net's defaults), its
