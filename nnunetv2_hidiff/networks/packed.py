@@ -191,9 +191,9 @@ class PackedConv2d:
             valid = torch.nn.functional.conv2d(torch.ones(1, self.in_channels, h, w), self.sign, None, self.stride,
                                                self.padding, self.dilation)[0]
             corr = (self.sign.sum(dim=(1, 2, 3)).view(-1, 1, 1) - valid).flatten(1).round().to(torch.int32)
-            border = (corr != 0).any(dim=0) | (torch.nn.functional.conv2d(
-                torch.ones(1, 1, h, w), torch.ones(1, 1, self.kh, self.kw), None, self.stride, self.padding,
-                self.dilation)[0, 0].flatten() < self.kh * self.kw)
+            taps_inside = torch.nn.functional.conv2d(torch.ones(1, 1, h, w), torch.ones(1, 1, self.kh, self.kw), None,
+                                                     self.stride, self.padding, self.dilation)[0, 0].flatten()
+            border = taps_inside < self.kh * self.kw  # the pixels with a tap in the padding (only they have a corr)
             bidx = torch.full((corr.shape[1],), -1, dtype=torch.int32)
             where = border.nonzero().flatten()
             bidx[where] = torch.arange(where.numel(), dtype=torch.int32)

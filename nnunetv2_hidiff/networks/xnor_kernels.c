@@ -266,7 +266,7 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) static void block_avx512(
 #endif
 
 /* The convolution's output (B, O, N), float: out[b, o, n] = scale[o] * (K - 2 * popcount + corr) + bias[o] for the
- * columns [first, last) of every image (threads split the columns; scratch: 64 * O int32 per thread). corr is
+ * columns [first, last) of every image (threads split the columns; scratch: see BLOCK below, per thread). corr is
  * the padding correction, non-zero only at the few border pixels: bidx[n] = -1 inside the image, else the column
  * of pixel n in corr (O, nb), so no (O, N) table is streamed. Columns are processed in blocks of 64 so that the
  * counts of a block are written out row by row (contiguous) instead of one scattered value per channel. */
