@@ -97,7 +97,6 @@ def main(argv=None) -> int:
                 return 2
             records.setdefault(rec["trainer"], {})[str(fold)] = rec
     folds = sorted({int(r.fold) for r in rows if r.fold.isdigit()})
-    hidiff = [t for t in args.trainers if any(r.trainer == t and r.output == "refined" for r in rows)]
     warm = {t: {int(f): rec["warm_start"] for f, rec in recs.items() if isinstance(rec.get("warm_start"), str)}
             for t, recs in records.items()}
     budgets = dict(b.split("=", 1) for b in args.budgets)
@@ -110,8 +109,8 @@ def main(argv=None) -> int:
         dataset=args.dataset, configuration=args.configuration, plans=args.plans, trainers=list(args.trainers),
         folds=folds, command=command, rows=sort_rows(rows, args.trainers), nan_counts=nan_counts(rows),
         budgets=budgets, warm_starts={t: w for t, w in warm.items() if w},
-        missing={t: [] for t in args.trainers}, generated=time.strftime("%Y-%m-%d %H:%M:%S"), hidiff=hidiff,
-        records=records,
+        missing={t: [] for t in args.trainers}, generated=time.strftime("%Y-%m-%d %H:%M:%S"),
+        records=records,  # HiDiff trainers: those with refined rows (ReportInput.hidiff_trainers)
         problems=["pooled from results.csv files (benchmarks/merge_results.py): no small-object section and no wall "
                   "times (they need the fold folders)"])
     out = Path(args.output)

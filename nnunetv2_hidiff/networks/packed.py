@@ -176,18 +176,18 @@ class PackedConv2d:
         self.scale = scale.detach().float().contiguous()
         self.bias = bias.detach().float().contiguous()
         self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
-        self._base = {}
+        self._corrections = {}
 
     def nbytes(self) -> int:
         """Storage of the packed weights and the float scale and bias."""
         return self.w_t.numel() * 8 + (self.scale.numel() + self.bias.numel()) * 4
 
-    def base(self, h: int, w: int):
+    def padding_correction(self, h: int, w: int):
         """The padding correction per input size: (bidx (Ho·Wo,) int32, corr (O, nb) int32). corr = the sum of
         sign(W) over the taps of each output pixel that fall into the zero padding (the kernel packs them as −1,
         the simulated conv multiplies them by 0); only the nb border pixels have one, bidx[n] = their column in
         corr, −1 inside the image."""
-        if (h, w) not in self._base:
+        if (h, w) not in self._corrections:
             valid = torch.nn.functional.conv2d(torch.ones(1, self.in_channels, h, w), self.sign, None, self.stride,
                                                self.padding, self.dilation)[0]
             corr = (self.sign.sum(dim=(1, 2, 3)).view(-1, 1, 1) - valid).flatten(1).round().to(torch.int32)
@@ -197,8 +197,8 @@ class PackedConv2d:
             bidx = torch.full((corr.shape[1],), -1, dtype=torch.int32)
             where = border.nonzero().flatten()
             bidx[where] = torch.arange(where.numel(), dtype=torch.int32)
-            self._base[(h, w)] = (bidx, corr[:, where].contiguous())
-        return self._base[(h, w)]
+            self._corrections[(h, w)] = (bidx, corr[:, where].contiguous())
+        return self._corrections[(h, w)]
 
     def __call__(self, x: torch.Tensor, threshold: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, C, H, W) float32 on the CPU; threshold (B, C) or None (0): bit = x > threshold."""
@@ -214,7 +214,7 @@ class PackedConv2d:
         signs = torch.empty(b * h * w * ((c + 7) // 8), dtype=torch.uint8)
         bits = torch.empty(b * n * self.words, dtype=torch.int64)
         out = torch.empty(b, self.out_channels, ho, wo)
-        (bidx, corr), lib, thr_ptr = self.base(h, w), self.lib, None if thr is None else _ptr(thr)
+        (bidx, corr), lib, thr_ptr = self.padding_correction(h, w), self.lib, None if thr is None else _ptr(thr)
         parts = _parts(b * n * self.out_channels * self.words)
         stride = max(64 * self.out_channels, 128 * self.words)
         scratch = torch.empty(parts, stride, dtype=torch.int32)

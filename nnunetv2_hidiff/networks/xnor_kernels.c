@@ -153,6 +153,26 @@ void hidiff_pack_weight(const float *w, int O, int C, int kh, int kw, int words,
                     }
 }
 
+/* out[j] = scale * (K - 2 * cnt[j * stride] + corr) + bias for the `cols` pixels of one output row; corr is
+ * co[bidx[j]] at the border pixels (bidx[j] >= 0), 0 elsewhere; bidx NULL: no border pixel among them. */
+static inline void store_row(float *dst, const int32_t *cnt, size_t stride, int cols, int K, const int32_t *bidx,
+                             const int32_t *co, float s, float t) {
+    if (!bidx) {
+        for (int j = 0; j < cols; ++j) dst[j] = s * (float)(K - 2 * cnt[(size_t)j * stride]) + t;
+        return;
+    }
+    for (int j = 0; j < cols; ++j) {
+        const int k = bidx[j];
+        dst[j] = s * (float)(K - 2 * cnt[(size_t)j * stride] + (k >= 0 ? co[k] : 0)) + t;
+    }
+}
+
+static inline int any_border(const int32_t *bidx, int cols) {
+    int border = 0;
+    for (int j = 0; j < cols; ++j) border |= bidx[j] >= 0;
+    return border;
+}
+
 static void gemm_scalar(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits, int words, int total,
                         int32_t *out) {
     for (int n = 0; n < total; ++n) {
@@ -217,8 +237,7 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) static void block_avx512(
         for (int j = 0; j < cols; ++j) row[j] = block[(size_t)j * words + k];
         for (int j = cols; j < 64; ++j) row[j] = 0;
     }
-    int border = 0;
-    for (int j = 0; j < cols; ++j) border |= bidx[j] >= 0;
+    const int border = any_border(bidx, cols);
     const __m256i vK = _mm256_set1_epi32(K);
     for (int o = 0; o < O; ++o) {
         __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512(), c2 = _mm512_setzero_si512();
@@ -255,11 +274,7 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) static void block_avx512(
                 _mm256_storeu_ps(dst + j, _mm256_add_ps(_mm256_mul_ps(vs, v), vt));
             }
         } else {
-            const int32_t *co = corr + (size_t)o * nb;
-            for (int j = 0; j < cols; ++j) {
-                const int k = bidx[j];
-                dst[j] = s * (float)(K - 2 * cnt[j] + (k >= 0 ? co[k] : 0)) + t;
-            }
+            store_row(dst, cnt, 1, cols, K, border ? bidx : NULL, corr + (size_t)o * nb, s, t);
         }
     }
 }
@@ -289,22 +304,10 @@ int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits
             else
 #endif
                 gemm_scalar(w_t, O, O_pad, block, words, cols, scratch);
-            int border = 0;
-            for (int j = 0; j < cols; ++j) border |= bidx[n0 + j] >= 0;
-            for (int o = 0; o < O; ++o) {
-                const float s = scale[o], t = bias[o];
-                float *dst = out + ((size_t)b * O + o) * N + n0;
-                const int32_t *src = scratch + o;
-                if (!border) {
-                    for (int j = 0; j < cols; ++j) dst[j] = s * (float)(K - 2 * src[(size_t)j * O]) + t;
-                } else {
-                    const int32_t *co = corr + (size_t)o * nb;
-                    for (int j = 0; j < cols; ++j) {
-                        const int k = bidx[n0 + j];
-                        dst[j] = s * (float)(K - 2 * src[(size_t)j * O] + (k >= 0 ? co[k] : 0)) + t;
-                    }
-                }
-            }
+            const int32_t *row_bidx = any_border(bidx + n0, cols) ? bidx + n0 : NULL;
+            for (int o = 0; o < O; ++o)
+                store_row(out + ((size_t)b * O + o) * N + n0, scratch + o, (size_t)O, cols, K, row_bidx,
+                          corr + (size_t)o * nb, scale[o], bias[o]);
         }
     return isa;
 }
