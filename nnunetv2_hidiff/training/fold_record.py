@@ -9,6 +9,8 @@ these files only, never from log text or source code:
     budget                  {"epochs", "iterations_per_epoch", "val_iterations_per_epoch", "warmup_epochs",
                              "batch_size"}
     warm_start              path of the segmentor checkpoint the fold started from, or null
+    oof_priors              {"j": checkpoint} of the other folds' segmentors whose out-of-fold priors the
+                            refiner learned from (oof_priors.py); absent when off
     seconds_per_iteration   median over epochs of (training-loop seconds / iterations), or null
     validation              {"segmentor": {...}, "refined": {...}} for HiDiff folds: per output the
                             folder name, the number of cases, seconds per case and foreground Dice/HD95

@@ -41,6 +41,7 @@ from .distributed import gathered, rank_seed, use_cpu_when_no_cuda, wrap_network
 from .ema import ModelEMA
 from .fold_record import update_fold_record
 from .inference_settings import apply_inference_settings
+from .oof_priors import OutOfFoldPriors, oof_template
 from .progress import HiDiffLocalLogger
 from .validation import validate_and_decide
 
@@ -73,6 +74,8 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     # τ ~ U[1, prior_temperature_max] per sample, plus N(0, prior_logit_noise²) logit noise (1, 0: off)
     prior_temperature_max = 1.0
     prior_logit_noise = 0.0
+    # the refiner learns from the plain nnU-Net folds that left each case out (oof_priors.py); None = off
+    oof_prior_trainer: Optional[str] = None
     # the per-fold decision after validation (validation.py): extra step counts to try besides the default,
     # and the Dice gain refinement must bring
     decision_extra_steps: Tuple[int, ...] = (1, 2, 5)
@@ -125,6 +128,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         self.nonfinite_in_a_row = self.overflow_in_a_row = 0
         self.warm_start_source: Optional[str] = None
         self.validated_checkpoint: Optional[str] = None  # the file --val/--val_best loaded
+        self.oof_priors: Optional[OutOfFoldPriors] = None  # loaded in on_train_start when configured
 
     # ------------------------------------------------------------------ set-up
     def hidiff_config(self) -> dict:
@@ -210,10 +214,13 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         self.network = self.hidiff
         super().on_train_start()
         write_start_record(self, "hidiff", self.warm_start_source, self.num_warmup_epochs)
+        if oof_template(self) is not None:
+            self.oof_priors = OutOfFoldPriors.load(self, oof_template(self))  # names them in the fold record
         self.print_to_log_file(f"HiDiff: {self.hidiff_config()}, λ_diff={self.lambda_diff}, "
                                f"λ_focal={self.lambda_focal}, γ={self.focal_gamma}, alternate={self.alternate_training}, "
                                f"segmentor optimiser={self.segmentor_optimizer}, prior τ_max="
-                               f"{self.prior_temperature_max}, prior logit noise={self.prior_logit_noise}, "
+                               f"{self.prior_temperature_max}, prior logit noise={self.prior_logit_noise}, out-of-fold "
+                               f"priors={self.oof_priors.sources if self.oof_priors else None}, "
                                f"warm-up epochs={self.num_warmup_epochs}, refiner EMA={self.refiner_ema_decay}")
 
     def on_train_epoch_start(self):
@@ -238,18 +245,23 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         logits, skips = self.segmentor_ddp(data)
         return SegmentorOutput(logits, skips)
 
-    def prepare_diffusion(self, data, target):
+    def prepare_diffusion(self, data, target, keys=None):
         """Segmentor forward (with grad) and the diffusion sample of Algorithm 1 for one batch.
 
         Returns a dict: seg (SegmentorOutput), l_disc, prior p (B,K,H,W), y0 (one-hot), t (B,), y_t, eps;
-        only seg and l_disc when L_disc is not finite (a bad batch the caller skips).
+        only seg and l_disc when L_disc is not finite (a bad batch the caller skips). With out-of-fold priors, p
+        comes from the segmentors that left the batch's cases (``keys``) out.
         """
         with self._autocast():
             seg = self._segment(data) if self.alternate_training else self.hidiff.segment(data)
             l_disc = self.loss(seg.logits, target)
         if not torch.isfinite(l_disc):
             return dict(seg=seg, l_disc=l_disc)
-        prior = self.training_prior(self.hidiff.top_logits(seg.logits))
+        logits = self.hidiff.top_logits(seg.logits)
+        if self.oof_priors is not None:
+            with self._autocast():
+                logits = self.oof_priors.replace(data, keys, logits)
+        prior = self.training_prior(logits)
         labels = (target[0] if isinstance(target, list) else target)[:, 0].long()
         y0 = F.one_hot(labels, prior.shape[1]).movedim(-1, 1).to(prior.dtype)
         diffusion = self.hidiff.diffusion
@@ -295,7 +307,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         data, target = self._to_device(batch)
         nan = float("nan")
         out = {"loss": nan, "refiner_loss": nan, "refiner_kl": nan, "refiner_focal": nan, "skipped": 0}
-        s = self.prepare_diffusion(data, target) if self.diffusion_active() else None
+        s = self.prepare_diffusion(data, target, batch.get("keys")) if self.diffusion_active() else None
         if s is None:  # warm-up: nnU-Net's own step on L_disc, with our optimizer
             with self._autocast():
                 l_disc = self.loss(self._segment(data).logits, target)

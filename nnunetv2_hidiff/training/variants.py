@@ -181,6 +181,12 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500(nnUNetTrainerHiDiff_w8_jo
     prior_residual = True  # issue 12: a refiner that starts as its segmentor and learns only corrections
 
 
+class nnUNetTrainerHiDiff_w8_joint_bce1_res_oof_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
+    """The refiner learns from out-of-fold priors: those of the plain nnU-Net folds (the warm starts of the other
+    folds) that left each training case out, as nnU-Net's cascade trains on cross-validation predictions."""
+    oof_prior_trainer = "nnUNetTrainerBaseline_5epochs"
+
+
 class nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm2000(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
     budget_epochs = 80  # 4x the refiner iterations: does a longer run learn corrections, or stay the identity?
 
