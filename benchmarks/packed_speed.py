@@ -55,10 +55,14 @@ def main() -> None:
     parser.add_argument("--trainer", default="nnUNetTrainerHiDiff")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--isa", default=None, help="force a kernel: scalar, avx2 or avx512-vpopcntdq (default: the "
+                                                    "best this CPU has)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from nnunetv2_hidiff.networks import packed
+    if args.isa:
+        packed.set_isa(args.isa)
     from nnunetv2_hidiff.networks.blocks import RefinerBlock
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kernels: {packed.isa()}")

@@ -34,7 +34,7 @@ __all__ = ["ISA_NAMES", "PackedConv2d", "isa", "library", "set_isa"]
 
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512-vpopcntdq"}
 _SOURCE = Path(__file__).with_name("xnor_kernels.c")
-_ABI = 9
+_ABI = 10
 _state = {"lib": None, "tried": False}
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
