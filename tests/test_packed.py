@@ -54,12 +54,37 @@ def test_packed_conv_equals_the_simulated_conv(isa, b, c, o, h, w, k, stride, pa
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
 
 
-def test_refiner_block_packed_equals_simulated_and_follows_updates():
+@pytest.mark.parametrize("cr", [5, 10])  # residual channels: a channel repeat (o % cr) and the identity
+def test_packed_conv_fuses_the_residual_and_ta(isa, cr):
+    g = torch.Generator().manual_seed(cr)
+    b, c, o, h, w = 2, 9, 10, 13, 70  # > 64 columns: full blocks (vector epilogue) and a partial one
+    weight, x = torch.randn(o, c, 3, 3, generator=g), torch.randn(b, c, h, w, generator=g)
+    scale, bias = torch.randn(o, generator=g), torch.randn(o, generator=g)
+    residual = torch.randn(b, cr, h, w, generator=g)
+    gamma, zeta, slope = torch.randn(b, o, generator=g), torch.randn(b, o, generator=g), torch.randn(o, generator=g)
+    conv = packed.PackedConv2d(weight, scale, bias, (1, 1), (1, 1), (1, 1))
+    plain = conv(x)
+    v = plain + residual.repeat(1, o // cr, 1, 1) - gamma[:, :, None, None]  # what RefinerBlock's torch ops do
+    expected = F.prelu(v, slope) + zeta[:, :, None, None]
+    torch.testing.assert_close(conv(x, None, residual, (gamma, zeta, slope)), expected, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(conv(x, None, residual), plain + residual.repeat(1, o // cr, 1, 1))
+    with pytest.raises(ValueError, match="does not fit"):
+        conv(x, None, torch.randn(b, 3, h, w))
+
+
+@pytest.mark.parametrize("c_in, c_out, stride, size", [
+    (12, 24, (2, 1), (10, 7)),  # channel repeat, divisible stride (the sliced pooling)
+    (24, 12, (1, 1), (9, 70)),  # channel mean (left to torch), > 64 columns
+    (12, 12, (2, 2), (9, 7)),   # identity, odd sizes: torch's ceil-mode pooling
+])
+def test_refiner_block_packed_equals_simulated_and_follows_updates(c_in, c_out, stride, size):
     torch.manual_seed(0)
     emb = torch.randn(2, 4)
-    x = torch.randn(2, 12, 10, 7)
-    blk = RefinerBlock(2, 12, 24, 4, stride=(2, 1), binary=True)
+    x = torch.randn(2, c_in, *size)
+    blk = RefinerBlock(2, c_in, c_out, 4, stride=stride, binary=True)
     torch.nn.init.normal_(blk.tb.threshold.weight)
+    torch.nn.init.normal_(blk.act.shifts.weight)  # TA with non-zero γ(t), ζ(t)
+    torch.nn.init.normal_(blk.act.slope)
     blk.norm.running_mean.normal_()
     blk.norm.running_var.uniform_(0.5, 2)
     torch.nn.init.normal_(blk.norm.weight)

@@ -29,8 +29,26 @@ def shortcut_pool(x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
     """
     if all(s == 1 for s in stride):
         return x
+    if x.dim() == 4 and not torch.is_grad_enabled() and all(n % s == 0 for n, s in zip(x.shape[2:], stride)):
+        return _pool2d_by_slices(x, *stride)
     pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[x.dim() - 2]
     return pool(x, kernel_size=list(stride), stride=list(stride), ceil_mode=True, count_include_pad=False)
+
+
+def _pool2d_by_slices(x: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
+    """avg_pool2d(x, (sh, sw)) for sizes divisible by the stride, as sums of strided slices: 2.6x faster than
+    torch's CPU avg_pool2d on one thread (DRIVE 32 × 256², 2.2 against 5.7 ms); equal up to float rounding (the
+    window is summed in another order). Inference only (the training path keeps avg_pool2d)."""
+    b, c, h, w = x.shape
+    rows = x.view(b, c, h // sh, sh, w)
+    acc = rows[:, :, :, 0]
+    for i in range(1, sh):
+        acc = acc + rows[:, :, :, i]
+    cols = acc.reshape(b, c, h // sh, w // sw, sw)
+    out = cols[..., 0]
+    for j in range(1, sw):
+        out = out + cols[..., j]
+    return out * (1.0 / (sh * sw))
 
 
 class ChannelResize(nn.Module):
@@ -90,11 +108,22 @@ class RefinerBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.training or torch.is_grad_enabled():
             h = self.norm(self.conv(self.tb(x, emb)))
-        elif self.packed and self._packable(x):  # TB fused into the packing, BN into the scale
-            h = self.packed_conv()(x, time_code(self.tb, self.tb.threshold, emb))
+        elif self.packed and self._packable(x):  # TB fused into the packing, BN into the scale, shortcut + TA
+            return self._packed_forward(x, emb)  # into the kernel's output pass
         else:  # inference: BN folded into the conv (one op less per block; exact up to float rounding)
             h = self.conv._conv_forward(self.tb(x, emb), *self.folded_conv_bn())
         return self.act(h + self.shortcut(shortcut_pool(x, self.stride)), emb)
+
+    def _packed_forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """forward() at inference with the packed conv, which also adds the shortcut (a channel repeat is left to the
+        kernel: output channel o reads channel o % C_in) and applies TA in the pass that stores its output."""
+        residual = shortcut_pool(x, self.stride)
+        resize = self.shortcut
+        if resize.proj is not None or resize.out_ch % resize.in_ch:
+            residual = resize(residual)
+        gamma, zeta = time_code(self.act, self.act.shifts, emb).chunk(2, dim=1)
+        return self.packed_conv()(x, time_code(self.tb, self.tb.threshold, emb), residual,
+                                  (gamma, zeta, self.act.slope))
 
     def _packable(self, x: torch.Tensor) -> bool:
         return (getattr(self.conv, "is_binary", False) and x.dim() == 4 and x.device.type == "cpu"

@@ -34,7 +34,7 @@ __all__ = ["ISA_NAMES", "PackedConv2d", "isa", "library", "set_isa"]
 
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512-vpopcntdq"}
 _SOURCE = Path(__file__).with_name("xnor_kernels.c")
-_ABI = 10
+_ABI = 11
 _state = {"lib": None, "tried": False}
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
@@ -47,7 +47,7 @@ def _declare(lib):
     lib.hidiff_pack_weight.restype = None
     lib.hidiff_pack_weight.argtypes = [_P, _I, _I, _I, _I, _I, _I, _P]
     lib.hidiff_xnor_conv.restype = _I
-    lib.hidiff_xnor_conv.argtypes = [_P, _I, _I, _P, _I, _I, _I, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P]
+    lib.hidiff_xnor_conv.argtypes = [_P, _I, _I, _P, _I, _I, _I, _I, _I, _I, _P, _P, _I, _P, _P, _P]
     lib.hidiff_pack_signs.restype = None
     lib.hidiff_pack_signs.argtypes = [_P, _P, _I, _I, _I, _I, _I, _I, _P]
     lib.hidiff_pack_columns.restype = None
@@ -58,9 +58,13 @@ def _declare(lib):
     lib.hidiff_pack_columns_par.restype = None
     lib.hidiff_pack_columns_par.argtypes = [_P] + [_I] * 16 + [_P]
     lib.hidiff_xnor_conv_par.restype = _I
-    lib.hidiff_xnor_conv_par.argtypes = [_P, _I, _I, _P, _I, _I, _I, _I, _P, _P, _I, _P, _P, _I, _P, ctypes.c_long,
-                                         _P]
+    lib.hidiff_xnor_conv_par.argtypes = [_P, _I, _I, _P, _I, _I, _I, _I, _P, _P, _I, _P, _I, _P, ctypes.c_long, _P]
     return lib
+
+
+class _Epilogue(ctypes.Structure):
+    """xnor_kernels.c's hidiff_epilogue: what the kernel applies to the popcounts before it stores them."""
+    _fields_ = [("scale", _P), ("bias", _P), ("res", _P), ("gamma", _P), ("zeta", _P), ("slope", _P), ("cr", _I)]
 
 
 def _built_extension() -> Optional[Path]:
@@ -200,8 +204,13 @@ class PackedConv2d:
             self._corrections[(h, w)] = (bidx, corr[:, where].contiguous())
         return self._corrections[(h, w)]
 
-    def __call__(self, x: torch.Tensor, threshold: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x (B, C, H, W) float32 on the CPU; threshold (B, C) or None (0): bit = x > threshold."""
+    def __call__(self, x: torch.Tensor, threshold: Optional[torch.Tensor] = None,
+                 residual: Optional[torch.Tensor] = None, activation=None) -> torch.Tensor:
+        """x (B, C, H, W) float32 on the CPU; threshold (B, C) or None (0): bit = x > threshold. Fused into the
+        kernel's output pass (what a RefinerBlock does after its conv, same float operations in the same order):
+        ``residual`` (B, Cr, Ho, Wo) with O a multiple of Cr, added to output channel o from channel o % Cr (the
+        shortcut's channel repeat); then ``activation`` = (gamma (B, O), zeta (B, O), slope (O,)): TA,
+        prelu(v − gamma, slope) + zeta."""
         x = x.detach().float().contiguous()
         b, c, h, w = x.shape
         if c != self.in_channels:
@@ -211,6 +220,23 @@ class PackedConv2d:
         wo = (w + 2 * pw - dw * (self.kw - 1) - 1) // sw + 1
         n = ho * wo
         thr = None if threshold is None else threshold.detach().float().expand(b, c).contiguous()
+        keep = [self.scale, self.bias]  # the tensors the epilogue points to stay alive until the kernels return
+        ep = _Epilogue(_ptr(self.scale), _ptr(self.bias), None, None, None, None, 1)
+        if residual is not None:
+            residual = residual.detach().float().contiguous()
+            if (residual.dim() != 4 or residual.shape[0] != b or tuple(residual.shape[2:]) != (ho, wo)
+                    or self.out_channels % residual.shape[1]):
+                raise ValueError(f"residual {tuple(residual.shape)} does not fit the output "
+                                 f"({b}, {self.out_channels}, {ho}, {wo})")
+            keep.append(residual)
+            ep.res, ep.cr = _ptr(residual), residual.shape[1]
+        if activation is not None:
+            gamma, zeta, slope = (v.detach().float().contiguous() for v in activation)
+            gamma, zeta = (v.expand(b, self.out_channels).contiguous() for v in (gamma, zeta))
+            slope = slope.expand(self.out_channels).contiguous()
+            keep += [gamma, zeta, slope]
+            ep.gamma, ep.zeta, ep.slope = _ptr(gamma), _ptr(zeta), _ptr(slope)
+        e = ctypes.addressof(ep)
         signs = torch.empty(b * h * w * ((c + 7) // 8), dtype=torch.uint8)
         bits = torch.empty(b * n * self.words, dtype=torch.int64)
         out = torch.empty(b, self.out_channels, ho, wo)
@@ -223,8 +249,8 @@ class PackedConv2d:
             lib.hidiff_pack_columns_par(_ptr(signs), b, c, h, w, self.kh, self.kw, sh, sw, ph, pw, dh, dw, ho, wo,
                                         self.words, parts, _ptr(bits))
             lib.hidiff_xnor_conv_par(_ptr(self.w_t), self.out_channels, self.o_pad, _ptr(bits), self.words, b, n,
-                                     self.taps, _ptr(bidx), _ptr(corr), corr.shape[1], _ptr(self.scale),
-                                     _ptr(self.bias), parts, _ptr(scratch), stride, _ptr(out))
+                                     self.taps, _ptr(bidx), _ptr(corr), corr.shape[1], e, parts, _ptr(scratch),
+                                     stride, _ptr(out))
             return out
         # without OpenMP: a thread pool; the C calls release the GIL
         _run(parts, h * w, lambda p0, p1, _: lib.hidiff_pack_signs(_ptr(x), thr_ptr, b, c, h, w, p0, p1,
@@ -234,7 +260,7 @@ class PackedConv2d:
                                                                    _ptr(bits)))
         _run(parts, n, lambda n0, n1, i: lib.hidiff_xnor_conv(
             _ptr(self.w_t), self.out_channels, self.o_pad, _ptr(bits), self.words, b, n, n0, n1, self.taps, _ptr(bidx),
-            _ptr(corr), corr.shape[1], _ptr(self.scale), _ptr(self.bias), _ptr(scratch[i]), _ptr(out)))
+            _ptr(corr), corr.shape[1], e, _ptr(scratch[i]), _ptr(out)))
         return out
 
 

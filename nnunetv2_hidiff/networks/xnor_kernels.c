@@ -24,7 +24,7 @@
 #define HIDIFF_X86 0
 #endif
 
-#define HIDIFF_XNOR_ABI 10
+#define HIDIFF_XNOR_ABI 11
 
 enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
@@ -154,17 +154,53 @@ void hidiff_pack_weight(const float *w, int O, int C, int kh, int kw, int words,
                     }
 }
 
-/* out[j] = scale * (K - 2 * cnt[j * stride] + corr) + bias for the `cols` pixels of one output row; corr is
- * co[bidx[j]] at the border pixels (bidx[j] >= 0), 0 elsewhere; bidx NULL: no border pixel among them. */
-static inline void store_row(float *dst, const int32_t *cnt, size_t stride, int cols, int K, const int32_t *bidx,
-                             const int32_t *co, float s, float t) {
-    if (!bidx) {
-        for (int j = 0; j < cols; ++j) dst[j] = s * (float)(K - 2 * cnt[(size_t)j * stride]) + t;
-        return;
+/* What follows the popcounts: v = scale[o] * (K - 2 * cnt + corr) + bias[o] (the conv with BN folded in), then,
+ * for a RefinerBlock at inference, optionally its residual shortcut (v += res, output channel o reading residual
+ * channel o % cr: the shortcut's channel repeat) and TA, Eq. 16 (v -= gamma; v = v > 0 ? v : slope * v;
+ * v += zeta), in the order and with the float operations of the unfused torch ops, so one pass writes the block's
+ * output instead of four (add, sub, prelu, add). */
+typedef struct {
+    const float *scale, *bias;  /* (O,) */
+    const float *res;           /* (B, cr, N) or NULL */
+    const float *gamma, *zeta;  /* (B, O), or NULL: no TA */
+    const float *slope;         /* (O,) */
+    int cr;
+} hidiff_epilogue;
+
+typedef struct {  /* one output row (image b, channel o) */
+    float s, t, g, z, a;
+    const float *res;
+    int ta;
+} row_t;
+
+static inline row_t row_of(const hidiff_epilogue *e, int b, int o, int O, size_t N, int n0) {
+    row_t r = {e->scale[o], e->bias[o], 0.0f, 0.0f, 0.0f, NULL, e->gamma != NULL};
+    if (e->res) r.res = e->res + ((size_t)b * e->cr + o % e->cr) * N + n0;
+    if (r.ta) {
+        r.g = e->gamma[(size_t)b * O + o];
+        r.z = e->zeta[(size_t)b * O + o];
+        r.a = e->slope[o];
     }
+    return r;
+}
+
+static inline float finish(float v, const row_t *r, int j) {
+    if (r->res) v += r->res[j];
+    if (r->ta) {
+        v -= r->g;
+        v = v > 0.0f ? v : r->a * v;
+        v += r->z;
+    }
+    return v;
+}
+
+/* the `cols` pixels of one output row; corr is co[bidx[j]] at the border pixels (bidx[j] >= 0), 0 elsewhere; bidx
+ * NULL: no border pixel among them. */
+static inline void store_row(float *dst, const int32_t *cnt, size_t stride, int cols, int K, const int32_t *bidx,
+                             const int32_t *co, const row_t *r) {
     for (int j = 0; j < cols; ++j) {
-        const int k = bidx[j];
-        dst[j] = s * (float)(K - 2 * cnt[(size_t)j * stride] + (k >= 0 ? co[k] : 0)) + t;
+        const int k = bidx ? bidx[j] : -1;
+        dst[j] = finish(r->s * (float)(K - 2 * cnt[(size_t)j * stride] + (k >= 0 ? co[k] : 0)) + r->t, r, j);
     }
 }
 
@@ -188,8 +224,8 @@ static void gemm_scalar(const uint64_t *w_t, int O, int O_pad, const uint64_t *b
 }
 
 #if HIDIFF_X86 && (defined(__GNUC__) || defined(__clang__))
-/* AVX2, channel-major: 4 output channels per vector; per-byte popcounts by nibble lookup, summed in bytes over up to 31 words
- * (at most 8 per word), then one SAD into the four 64-bit lanes. */
+/* AVX2, channel-major: 4 output channels per vector; per-byte popcounts by nibble lookup, summed in bytes over up
+ * to 31 words (at most 8 per word), then one SAD into the four 64-bit lanes. */
 __attribute__((target("avx2"))) static void gemm_avx2(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits,
                                                       int words, int total, int32_t *out) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
@@ -237,15 +273,23 @@ static inline void transpose_block(const uint64_t *block, int words, int cols, u
     }
 }
 
-/* out = s * (K - 2 * cnt) + t for the 64 counts of a full block without border pixels, 8 at a time */
-__attribute__((target("avx2"))) static inline void store_block64(float *dst, const int32_t *cnt, int K, float s,
-                                                                 float t) {
+/* store_row for the 64 counts of a full block without border pixels, 8 at a time */
+__attribute__((target("avx2"))) static inline void store_block64(float *dst, const int32_t *cnt, int K,
+                                                                 const row_t *r) {
     const __m256i vK = _mm256_set1_epi32(K);
-    const __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(t);
+    const __m256 vs = _mm256_set1_ps(r->s), vt = _mm256_set1_ps(r->t), vg = _mm256_set1_ps(r->g);
+    const __m256 vz = _mm256_set1_ps(r->z), va = _mm256_set1_ps(r->a), zero = _mm256_setzero_ps();
     for (int j = 0; j < 64; j += 8) {
         const __m256i c = _mm256_loadu_si256((const __m256i *)(cnt + j));
-        const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(vK, _mm256_add_epi32(c, c)));
-        _mm256_storeu_ps(dst + j, _mm256_add_ps(_mm256_mul_ps(vs, v), vt));
+        __m256 v = _mm256_add_ps(_mm256_mul_ps(vs, _mm256_cvtepi32_ps(_mm256_sub_epi32(vK, _mm256_add_epi32(c, c)))),
+                                 vt);
+        if (r->res) v = _mm256_add_ps(v, _mm256_loadu_ps(r->res + j));
+        if (r->ta) {
+            v = _mm256_sub_ps(v, vg);
+            v = _mm256_blendv_ps(_mm256_mul_ps(va, v), v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
+            v = _mm256_add_ps(v, vz);
+        }
+        _mm256_storeu_ps(dst + j, v);
     }
 }
 
@@ -257,7 +301,7 @@ __attribute__((target("avx2"))) static inline void store_block64(float *dst, con
 #define AVX2_COLS 16
 __attribute__((target("avx2"))) static void block_avx2(
     const uint64_t *w_t, int O, int O_pad, const uint64_t *block, int words, int cols, int K, const int32_t *bidx,
-    const int32_t *corr, int nb, const float *scale, const float *bias, uint64_t *tb, float *out, size_t N) {
+    const int32_t *corr, int nb, const hidiff_epilogue *e, int b, int n0, uint64_t *tb, float *out, size_t N) {
     enum { NV = AVX2_COLS / 4 };
     transpose_block(block, words, cols, tb);
     const int border = any_border(bidx, cols);
@@ -291,15 +335,16 @@ __attribute__((target("avx2"))) static void block_avx2(
                                  _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(sum[v], pick)));
         }
         float *dst = out + (size_t)o * N;
-        if (!border && cols == 64) store_block64(dst, cnt, K, scale[o], bias[o]);
-        else store_row(dst, cnt, 1, cols, K, border ? bidx : NULL, corr + (size_t)o * nb, scale[o], bias[o]);
+        const row_t r = row_of(e, b, o, O, N, n0);
+        if (!border && cols == 64) store_block64(dst, cnt, K, &r);
+        else store_row(dst, cnt, 1, cols, K, border ? bidx : NULL, corr + (size_t)o * nb, &r);
     }
 }
 
 /* AVX-512 VPOPCNTDQ: per output channel, word k of all 64 columns in 8 vectors (8 independent accumulators). */
 __attribute__((target("avx512f,avx512vpopcntdq"))) static void block_avx512(
     const uint64_t *w_t, int O, int O_pad, const uint64_t *block, int words, int cols, int K, const int32_t *bidx,
-    const int32_t *corr, int nb, const float *scale, const float *bias, uint64_t *tb, float *out, size_t N) {
+    const int32_t *corr, int nb, const hidiff_epilogue *e, int b, int n0, uint64_t *tb, float *out, size_t N) {
     transpose_block(block, words, cols, tb);
     const int border = any_border(bidx, cols);
     for (int o = 0; o < O; ++o) {
@@ -328,20 +373,22 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) static void block_avx512(
         _mm256_storeu_si256((__m256i *)(cnt + 48), _mm512_cvtepi64_epi32(c6));
         _mm256_storeu_si256((__m256i *)(cnt + 56), _mm512_cvtepi64_epi32(c7));
         float *dst = out + (size_t)o * N;
-        if (!border && cols == 64) store_block64(dst, cnt, K, scale[o], bias[o]);
-        else store_row(dst, cnt, 1, cols, K, border ? bidx : NULL, corr + (size_t)o * nb, scale[o], bias[o]);
+        const row_t r = row_of(e, b, o, O, N, n0);
+        if (!border && cols == 64) store_block64(dst, cnt, K, &r);
+        else store_row(dst, cnt, 1, cols, K, border ? bidx : NULL, corr + (size_t)o * nb, &r);
     }
 }
 #endif
 
-/* The convolution's output (B, O, N), float: out[b, o, n] = scale[o] * (K - 2 * popcount + corr) + bias[o] for the
- * columns [first, last) of every image (threads split the columns; scratch: see BLOCK below, per thread). corr is
- * the padding correction, non-zero only at the few border pixels: bidx[n] = -1 inside the image, else the column
- * of pixel n in corr (O, nb), so no (O, N) table is streamed. Columns are processed in blocks of 64 so that the
- * counts of a block are written out row by row (contiguous) instead of one scattered value per channel. */
+/* The convolution's output (B, O, N), float: out[b, o, n] = scale[o] * (K - 2 * popcount + corr) + bias[o] and the
+ * rest of the epilogue `e` (see hidiff_epilogue), for the columns [first, last) of every image (threads split the
+ * columns; scratch: see BLOCK below, per thread). corr is the padding correction, non-zero only at the few border
+ * pixels: bidx[n] = -1 inside the image, else the column of pixel n in corr (O, nb), so no (O, N) table is
+ * streamed. Columns are processed in blocks of 64 so that the counts of a block are written out row by row
+ * (contiguous) instead of one scattered value per channel. */
 int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits, int words, int B, int N,
                      int first, int last, int K, const int32_t *bidx, const int32_t *corr, int nb,
-                     const float *scale, const float *bias, int32_t *scratch, float *out) {
+                     const hidiff_epilogue *e, int32_t *scratch, float *out) {
     enum { BLOCK = 64 };  /* scratch: max(64 * O int32, 64 * words uint64) per thread */
     int isa = hidiff_xnor_isa();
     for (int b = 0; b < B; ++b)
@@ -350,12 +397,12 @@ int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits
             const uint64_t *block = bits + ((size_t)b * N + n0) * words;
 #if HIDIFF_X86 && (defined(__GNUC__) || defined(__clang__))
             if (isa == ISA_AVX512) {
-                block_avx512(w_t, O, O_pad, block, words, cols, K, bidx + n0, corr, nb, scale, bias,
+                block_avx512(w_t, O, O_pad, block, words, cols, K, bidx + n0, corr, nb, e, b, n0,
                              (uint64_t *)scratch, out + (size_t)b * O * N + n0, (size_t)N);
                 continue;
             }
             if (isa == ISA_AVX2 && cols >= AVX2_COLS) {
-                block_avx2(w_t, O, O_pad, block, words, cols, K, bidx + n0, corr, nb, scale, bias,
+                block_avx2(w_t, O, O_pad, block, words, cols, K, bidx + n0, corr, nb, e, b, n0,
                            (uint64_t *)scratch, out + (size_t)b * O * N + n0, (size_t)N);
                 continue;
             }
@@ -364,9 +411,11 @@ int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits
 #endif
                 gemm_scalar(w_t, O, O_pad, block, words, cols, scratch);
             const int32_t *row_bidx = any_border(bidx + n0, cols) ? bidx + n0 : NULL;
-            for (int o = 0; o < O; ++o)
+            for (int o = 0; o < O; ++o) {
+                const row_t r = row_of(e, b, o, O, (size_t)N, n0);
                 store_row(out + ((size_t)b * O + o) * N + n0, scratch + o, (size_t)O, cols, K, row_bidx,
-                          corr + (size_t)o * nb, scale[o], bias[o]);
+                          corr + (size_t)o * nb, &r);
+            }
         }
     return isa;
 }
@@ -390,7 +439,7 @@ void hidiff_pack_columns_par(const uint8_t *signs, int B, int C, int H, int W, i
 
 /* scratch: parts rows of scratch_stride int32 each. Returns the instruction set used. */
 int hidiff_xnor_conv_par(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits, int words, int B, int N, int K,
-                         const int32_t *bidx, const int32_t *corr, int nb, const float *scale, const float *bias,
+                         const int32_t *bidx, const int32_t *corr, int nb, const hidiff_epilogue *e,
                          int parts, int32_t *scratch, long scratch_stride, float *out) {
 #pragma omp parallel for num_threads(parts) schedule(static)
     for (int i = 0; i < parts; ++i) {
@@ -399,7 +448,7 @@ int hidiff_xnor_conv_par(const uint64_t *w_t, int O, int O_pad, const uint64_t *
         const int first = (int)(64 * (blocks * i / parts)), last_block = (int)(64 * (blocks * (i + 1) / parts));
         const int last = last_block < N ? last_block : N;
         if (first < last)
-            hidiff_xnor_conv(w_t, O, O_pad, bits, words, B, N, first, last, K, bidx, corr, nb, scale, bias,
+            hidiff_xnor_conv(w_t, O, O_pad, bits, words, B, N, first, last, K, bidx, corr, nb, e,
                              scratch + scratch_stride * i, out);
     }
     return hidiff_xnor_isa();
