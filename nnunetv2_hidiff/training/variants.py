@@ -181,6 +181,10 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500(nnUNetTrainerHiDiff_w8_jo
     prior_residual = True  # issue 12: a refiner that starts as its segmentor and learns only corrections
 
 
+class nnUNetTrainerHiDiff_real_w8_joint_bce1_res_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
+    binary_refiner = False  # the real-valued twin of the binary refiner above: what does binarization cost?
+
+
 class nnUNetTrainerHiDiff_w8_joint_bce1_res_oof_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
     """The refiner learns from out-of-fold priors: those of the plain nnU-Net folds (the warm starts of the other
     folds) that left each training case out, as nnU-Net's cascade trains on cross-validation predictions."""
