@@ -89,12 +89,12 @@ def main(argv=None) -> None:
             print(f"| {name} | " + " | ".join(cells) + " |")
     for key, label in extra:
         if all(key in f for f in folds):
-            for (transition, s_, n), rows in sorted(chain_table(folds, key).items()):
-                if n == args.samples and s_ == steps[0]:
-                    cells = [cell(chain_table(folds, key)[(transition, s, n)], seg, args.tie)
-                             if (transition, s, n) in chain_table(folds, key) else "" for s in steps]
+            table = chain_table(folds, key)
+            for transition in sorted({k[0] for k in table}):
+                cells = [cell(table[(transition, s, args.samples)], seg, args.tie)
+                         if (transition, s, args.samples) in table else "" for s in steps]
+                if any(cells):
                     print(f"| {label.format(transition)} | " + " | ".join(cells) + " |")
-
 
 if __name__ == "__main__":
     main()
