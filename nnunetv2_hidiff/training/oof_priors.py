@@ -41,8 +41,8 @@ def oof_template(trainer) -> Optional[str]:
         from nnunetv2.utilities.file_path_utilities import get_output_folder
 
         folder = get_output_folder(trainer.plans_manager.dataset_name, trainer.oof_prior_trainer,
-                                   trainer.plans_manager.plans_name, trainer.configuration_name, fold=0)
-        template = join(folder[:-len("fold_0")] + "fold_{fold}", "checkpoint_final.pth")
+                                   trainer.plans_manager.plans_name, trainer.configuration_name)
+        template = join(folder, "fold_{fold}", "checkpoint_final.pth")
     if template is not None and "{fold}" not in template:
         raise HiDiffConfigurationError(f"{ENV_VAR}={template}: the path must contain {{fold}}, one checkpoint "
                                        f"per cross-validation fold")
@@ -96,9 +96,8 @@ class OutOfFoldPriors:
 
     @torch.no_grad()
     def replace(self, data: torch.Tensor, keys: Optional[Sequence[str]], logits: torch.Tensor) -> torch.Tensor:
-        """``logits`` (B, K, *sp, the trainer's own segmentor on ``data``) with each sample's rows replaced by the
-        logits of the segmentor that never saw the sample's case. The result has no gradient path into the
-        trainer's segmentor for the replaced samples (all of them in a normal training batch)."""
+        """The logits of ``data`` (B, C, *sp), each sample's from the segmentor that never saw its case, in the shape
+        and dtype of ``logits`` (the trainer's own segmentor's); no gradient path into any segmentor."""
         if keys is None:
             raise HiDiffConfigurationError("out-of-fold priors need the case identifiers of each training batch "
                                            "('keys', which nnU-Net's data loader provides)")

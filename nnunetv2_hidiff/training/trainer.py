@@ -214,8 +214,8 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         self.network = self.hidiff
         super().on_train_start()
         write_start_record(self, "hidiff", self.warm_start_source, self.num_warmup_epochs)
-        if oof_template(self) is not None:
-            self.oof_priors = OutOfFoldPriors.load(self, oof_template(self))  # names them in the fold record
+        template = oof_template(self)
+        self.oof_priors = OutOfFoldPriors.load(self, template) if template else None  # named in the fold record
         self.print_to_log_file(f"HiDiff: {self.hidiff_config()}, λ_diff={self.lambda_diff}, "
                                f"λ_focal={self.lambda_focal}, γ={self.focal_gamma}, alternate={self.alternate_training}, "
                                f"segmentor optimiser={self.segmentor_optimizer}, prior τ_max="
