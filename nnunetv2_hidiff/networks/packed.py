@@ -220,7 +220,7 @@ class PackedConv2d:
         wo = (w + 2 * pw - dw * (self.kw - 1) - 1) // sw + 1
         n = ho * wo
         thr = None if threshold is None else threshold.detach().float().expand(b, c).contiguous()
-        keep = [self.scale, self.bias]  # the tensors the epilogue points to stay alive until the kernels return
+        # the epilogue points into tensors that local names keep alive until the kernels return
         ep = _Epilogue(_ptr(self.scale), _ptr(self.bias), None, None, None, None, 1)
         if residual is not None:
             residual = residual.detach().float().contiguous()
@@ -228,13 +228,11 @@ class PackedConv2d:
                     or self.out_channels % residual.shape[1]):
                 raise ValueError(f"residual {tuple(residual.shape)} does not fit the output "
                                  f"({b}, {self.out_channels}, {ho}, {wo})")
-            keep.append(residual)
             ep.res, ep.cr = _ptr(residual), residual.shape[1]
         if activation is not None:
             gamma, zeta, slope = (v.detach().float().contiguous() for v in activation)
             gamma, zeta = (v.expand(b, self.out_channels).contiguous() for v in (gamma, zeta))
             slope = slope.expand(self.out_channels).contiguous()
-            keep += [gamma, zeta, slope]
             ep.gamma, ep.zeta, ep.slope = _ptr(gamma), _ptr(zeta), _ptr(slope)
         e = ctypes.addressof(ep)
         signs = torch.empty(b * h * w * ((c + 7) // 8), dtype=torch.uint8)

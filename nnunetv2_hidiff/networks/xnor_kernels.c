@@ -293,8 +293,19 @@ __attribute__((target("avx2"))) static inline void store_block64(float *dst, con
     }
 }
 
+/* The counts of output channel o in one block of the SIMD kernels, stored with the epilogue (vector path for a full
+ * block without border pixels). */
+__attribute__((target("avx2"))) static inline void store_counts(float *dst, const int32_t *cnt, int cols, int K,
+                                                                const int32_t *bidx, const int32_t *co,
+                                                                const hidiff_epilogue *e, int b, int o, int O,
+                                                                size_t N, int n0) {
+    const row_t r = row_of(e, b, o, O, N, n0);
+    if (!bidx && cols == 64) store_block64(dst, cnt, K, &r);
+    else store_row(dst, cnt, 1, cols, K, bidx, co, &r);
+}
+
 /* AVX2: per output channel, AVX2_COLS columns per pass (AVX2_COLS / 4 vectors of 4 words, few enough to stay in
- * the 16 vector registers: 16 columns measured 0.5-1.0x the time of the channel-major kernel below on DRIVE's
+ * the 16 vector registers: 16 columns measured 0.5-1.0x the time of the channel-major gemm_avx2 above on DRIVE's
  * layers, 32 columns spill); per-byte popcounts by nibble lookup summed in bytes over up to 31 words (at most 8 per
  * word: 248 < 256), then one SAD per vector into 4 64-bit counts. Blocks of fewer than 16 columns (images of a few
  * pixels) use gemm_avx2, which wastes nothing on them. */
@@ -334,10 +345,7 @@ __attribute__((target("avx2"))) static void block_avx2(
                 _mm_storeu_si128((__m128i *)(cnt + j0 + 4 * v),
                                  _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(sum[v], pick)));
         }
-        float *dst = out + (size_t)o * N;
-        const row_t r = row_of(e, b, o, O, N, n0);
-        if (!border && cols == 64) store_block64(dst, cnt, K, &r);
-        else store_row(dst, cnt, 1, cols, K, border ? bidx : NULL, corr + (size_t)o * nb, &r);
+        store_counts(out + (size_t)o * N, cnt, cols, K, border ? bidx : NULL, corr + (size_t)o * nb, e, b, o, O, N, n0);
     }
 }
 
@@ -372,10 +380,7 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) static void block_avx512(
         _mm256_storeu_si256((__m256i *)(cnt + 40), _mm512_cvtepi64_epi32(c5));
         _mm256_storeu_si256((__m256i *)(cnt + 48), _mm512_cvtepi64_epi32(c6));
         _mm256_storeu_si256((__m256i *)(cnt + 56), _mm512_cvtepi64_epi32(c7));
-        float *dst = out + (size_t)o * N;
-        const row_t r = row_of(e, b, o, O, N, n0);
-        if (!border && cols == 64) store_block64(dst, cnt, K, &r);
-        else store_row(dst, cnt, 1, cols, K, border ? bidx : NULL, corr + (size_t)o * nb, &r);
+        store_counts(out + (size_t)o * N, cnt, cols, K, border ? bidx : NULL, corr + (size_t)o * nb, e, b, o, O, N, n0);
     }
 }
 #endif
