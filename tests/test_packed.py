@@ -72,6 +72,60 @@ def test_packed_conv_fuses_the_residual_and_ta(isa, cr):
         conv(x, None, torch.randn(b, 3, h, w))
 
 
+@pytest.mark.parametrize("c1, c2, o, low, size", [
+    (8, 8, 8, (9, 70), (9, 70)),    # a fusion block: same size, pairs (> 64 columns: the vector epilogue)
+    (16, 8, 8, (5, 35), (10, 70)),  # a decoder block: ×2 upsampling, groups of 3 straddling the two sources
+    (8, 7, 5, (6, 9), (6, 18)),     # odd second source (its last byte half used), anisotropic ×(1, 2)
+])
+def test_packed_conv_of_a_concatenation_equals_the_concatenated_conv(isa, c1, c2, o, low, size):
+    g = torch.Generator().manual_seed(c1 + c2 + o)
+    b = 2
+    weight = torch.randn(o, c1 + c2, 3, 3, generator=g)
+    x, skip = torch.randn(b, c1, *low, generator=g), torch.randn(b, c2, *size, generator=g)
+    thr = torch.randn(b, c1 + c2, generator=g) * 0.3
+    scale, bias = torch.randn(o, generator=g), torch.randn(o, generator=g)
+    gamma, zeta, slope = torch.randn(b, o, generator=g), torch.randn(b, o, generator=g), torch.randn(o, generator=g)
+    cat = torch.cat([F.interpolate(x, size=size, mode="nearest"), skip], dim=1)
+    conv = packed.PackedConv2d(weight, scale, bias, (1, 1), (1, 1), (1, 1))
+    residual = cat.view(b, o, (c1 + c2) // o, *size).mean(dim=2)  # what ChannelResize does
+    v = conv(cat, thr) + residual - gamma[:, :, None, None]
+    expected = F.prelu(v, slope) + zeta[:, :, None, None]
+    fused = conv(x, thr, None, (gamma, zeta, slope), skip=skip, group_mean=True)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv(x, thr, skip=skip), conv(cat, thr))  # the packing alone is exact
+    with pytest.raises(ValueError, match="multiple of 8 channels"):
+        conv(x[:, :c1 - 1], thr, skip=torch.randn(b, c2 + 1, *size))
+
+
+@pytest.mark.parametrize("c_low, c_skip, c_out, low, size", [
+    (16, 8, 8, (5, 7), (10, 14)),   # decoder block (3C → C, ×2)
+    (8, 8, 8, (9, 70), (9, 70)),    # fusion block (2C → C)
+    (6, 6, 6, (4, 5), (8, 10)),     # first source not a multiple of 8 channels: the concatenation is built
+])
+def test_refiner_block_merge_forward_packed_equals_simulated(c_low, c_skip, c_out, low, size):
+    torch.manual_seed(1)
+    emb = torch.randn(2, 4)
+    h, skip = torch.randn(2, c_low, *low), torch.randn(2, c_skip, *size)
+    blk = RefinerBlock(2, c_low + c_skip, c_out, 4, binary=True)
+    torch.nn.init.normal_(blk.tb.threshold.weight)
+    torch.nn.init.normal_(blk.act.shifts.weight)
+    torch.nn.init.normal_(blk.act.slope)
+    blk.norm.running_mean.normal_()
+    blk.norm.running_var.uniform_(0.5, 2)
+    blk.eval()
+    with torch.no_grad():
+        reference = blk(torch.cat([F.interpolate(h, size=size, mode="nearest"), skip], dim=1), emb)
+        blk.packed = False
+        simulated = blk.merge_forward(h, skip, emb)
+        blk.packed = True
+        calls, conv = [], blk.packed_conv()
+        blk.packed_conv = lambda: lambda *a, **k: (calls.append("skip" in k), conv(*a, **k))[1]
+        fast = blk.merge_forward(h, skip, emb)
+    torch.testing.assert_close(simulated, reference)
+    torch.testing.assert_close(fast, simulated, rtol=1e-5, atol=1e-5)
+    assert calls == [c_low % 8 == 0]  # packed from both tensors, or from their concatenation
+
+
 @pytest.mark.parametrize("c_in, c_out, stride, size", [
     (12, 24, (2, 1), (10, 7)),  # channel repeat, divisible stride (the sliced pooling)
     (24, 12, (1, 1), (9, 70)),  # channel mean (left to torch), > 64 columns

@@ -114,6 +114,21 @@ class RefinerBlock(nn.Module):
             h = self.conv._conv_forward(self.tb(x, emb), *self.folded_conv_bn())
         return self.act(h + self.shortcut(shortcut_pool(x, self.stride)), emb)
 
+    def merge_forward(self, h: torch.Tensor, skip: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """forward(concat[h nearest-upsampled to skip's size, skip]): a decoder or fusion block. With the packed conv
+        the concatenation is never built: both tensors are packed side by side, and the shortcut's channel mean is
+        read from them in the kernel's output pass."""
+        if (self.packed and not (self.training or torch.is_grad_enabled()) and self._packable(skip)
+                and self._packable(h) and h.shape[1] % 8 == 0 and all(s == 1 for s in self.stride)
+                and all(n % m == 0 for n, m in zip(skip.shape[2:], h.shape[2:]))
+                and self.shortcut.proj is None and self.shortcut.in_ch % self.shortcut.out_ch == 0):
+            gamma, zeta = time_code(self.act, self.act.shifts, emb).chunk(2, dim=1)
+            return self.packed_conv()(h, time_code(self.tb, self.tb.threshold, emb), None,
+                                      (gamma, zeta, self.act.slope), skip=skip, group_mean=True)
+        if h.shape[2:] != skip.shape[2:]:
+            h = F.interpolate(h, size=skip.shape[2:], mode="nearest")
+        return self(torch.cat([h, skip], dim=1), emb)
+
     def _packed_forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """forward() at inference with the packed conv, which also adds the shortcut (a channel repeat is left to the
         kernel: output channel o reads channel o % C_in) and applies TA in the pass that stores its output."""
@@ -203,7 +218,7 @@ class FeatureFusion(nn.Module):
         if projected.shape[2:] != h.shape[2:]:
             raise ValueError(f"segmentor feature {tuple(projected.shape[2:])} and refiner feature "
                              f"{tuple(h.shape[2:])} must have the same spatial size")
-        return self.block(torch.cat([h, projected], dim=1), emb)
+        return self.block.merge_forward(h, projected, emb)
 
     def forward(self, h: torch.Tensor, seg_feat: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.merge(h, self.project(seg_feat), emb)

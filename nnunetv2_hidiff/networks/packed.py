@@ -34,7 +34,7 @@ __all__ = ["ISA_NAMES", "PackedConv2d", "isa", "library", "set_isa"]
 
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512-vpopcntdq"}
 _SOURCE = Path(__file__).with_name("xnor_kernels.c")
-_ABI = 11
+_ABI = 12
 _state = {"lib": None, "tried": False}
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
@@ -49,12 +49,12 @@ def _declare(lib):
     lib.hidiff_xnor_conv.restype = _I
     lib.hidiff_xnor_conv.argtypes = [_P, _I, _I, _P, _I, _I, _I, _I, _I, _I, _P, _P, _I, _P, _P, _P]
     lib.hidiff_pack_signs.restype = None
-    lib.hidiff_pack_signs.argtypes = [_P, _P, _I, _I, _I, _I, _I, _I, _P]
+    lib.hidiff_pack_signs.argtypes = [_P, _P, _I, _I, _I, _I, _I, _I, _P, _I, _I]
     lib.hidiff_pack_columns.restype = None
     lib.hidiff_pack_columns.argtypes = [_P] + [_I] * 17 + [_P]
     lib.hidiff_xnor_openmp.restype = _I
     lib.hidiff_pack_signs_par.restype = None
-    lib.hidiff_pack_signs_par.argtypes = [_P, _P, _I, _I, _I, _I, _I, _P]
+    lib.hidiff_pack_signs_par.argtypes = [_P, _P, _I, _I, _I, _I, _I, _P, _I, _I]
     lib.hidiff_pack_columns_par.restype = None
     lib.hidiff_pack_columns_par.argtypes = [_P] + [_I] * 16 + [_P]
     lib.hidiff_xnor_conv_par.restype = _I
@@ -64,7 +64,9 @@ def _declare(lib):
 
 class _Epilogue(ctypes.Structure):
     """xnor_kernels.c's hidiff_epilogue: what the kernel applies to the popcounts before it stores them."""
-    _fields_ = [("scale", _P), ("bias", _P), ("res", _P), ("gamma", _P), ("zeta", _P), ("slope", _P), ("cr", _I)]
+    _fields_ = [("scale", _P), ("bias", _P), ("res", _P), ("gamma", _P), ("zeta", _P), ("slope", _P), ("cr", _I),
+                ("src1", _P), ("src2", _P), ("grp", _I), ("c1", _I), ("c2", _I), ("fy", _I), ("fx", _I), ("w1", _I),
+                ("hw1", _I), ("W", _I)]
 
 
 def _built_extension() -> Optional[Path]:
@@ -205,14 +207,29 @@ class PackedConv2d:
         return self._corrections[(h, w)]
 
     def __call__(self, x: torch.Tensor, threshold: Optional[torch.Tensor] = None,
-                 residual: Optional[torch.Tensor] = None, activation=None) -> torch.Tensor:
-        """x (B, C, H, W) float32 on the CPU; threshold (B, C) or None (0): bit = x > threshold. Fused into the
-        kernel's output pass (what a RefinerBlock does after its conv, same float operations in the same order):
-        ``residual`` (B, Cr, Ho, Wo) with O a multiple of Cr, added to output channel o from channel o % Cr (the
-        shortcut's channel repeat); then ``activation`` = (gamma (B, O), zeta (B, O), slope (O,)): TA,
-        prelu(v − gamma, slope) + zeta."""
+                 residual: Optional[torch.Tensor] = None, activation=None, skip: Optional[torch.Tensor] = None,
+                 group_mean: bool = False) -> torch.Tensor:
+        """x (B, C, H, W) float32 on the CPU; threshold (B, C) or None (0): bit = x > threshold.
+
+        ``skip`` (B, C2, H2, W2): the conv's input is then the concatenation [x nearest-upsampled to H2 x W2 (integer
+        factors), skip] (a decoder block; a fusion block when the sizes are equal), packed from both tensors side by
+        side without building it (x needs a multiple of 8 channels; threshold is then (B, C + C2)).
+        Fused into the kernel's output pass (what a RefinerBlock does after its conv, same float operations in the
+        same order): ``residual`` (B, Cr, Ho, Wo) with O a multiple of Cr, added to output channel o from channel
+        o % Cr (the shortcut's channel repeat), or ``group_mean``: the shortcut's channel mean of the (concatenated)
+        input, stride 1, input channels a multiple of O; then ``activation`` = (gamma (B, O), zeta (B, O),
+        slope (O,)): TA, prelu(v − gamma, slope) + zeta."""
         x = x.detach().float().contiguous()
-        b, c, h, w = x.shape
+        b, c1, h1, w1 = x.shape
+        if skip is not None:
+            skip = skip.detach().float().contiguous()
+            _, c2, h, w = skip.shape
+            if skip.shape[0] != b or c1 % 8 or h % h1 or w % w1:
+                raise ValueError(f"cannot pack the concatenation of {tuple(x.shape)} (upsampled) and "
+                                 f"{tuple(skip.shape)}: the first needs a multiple of 8 channels and integer factors")
+        else:
+            c2, h, w = 0, h1, w1
+        c = c1 + c2
         if c != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {c}")
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
@@ -220,6 +237,7 @@ class PackedConv2d:
         wo = (w + 2 * pw - dw * (self.kw - 1) - 1) // sw + 1
         n = ho * wo
         thr = None if threshold is None else threshold.detach().float().expand(b, c).contiguous()
+        thr1, thr2 = (None, None) if thr is None else (thr[:, :c1].contiguous(), thr[:, c1:].contiguous())
         # the epilogue points into tensors that local names keep alive until the kernels return
         ep = _Epilogue(_ptr(self.scale), _ptr(self.bias), None, None, None, None, 1)
         if residual is not None:
@@ -229,30 +247,54 @@ class PackedConv2d:
                 raise ValueError(f"residual {tuple(residual.shape)} does not fit the output "
                                  f"({b}, {self.out_channels}, {ho}, {wo})")
             ep.res, ep.cr = _ptr(residual), residual.shape[1]
+        elif group_mean:
+            if (ho, wo) != (h, w) or c % self.out_channels:
+                raise ValueError(f"a channel-mean shortcut needs stride 1 and input channels ({c}) a multiple of the "
+                                 f"output channels ({self.out_channels})")
+            ep.src1, ep.src2 = _ptr(x), None if skip is None else _ptr(skip)
+            ep.grp, ep.c1, ep.c2 = c // self.out_channels, c1, c2
+            ep.fy, ep.fx, ep.w1, ep.hw1, ep.W = h // h1, w // w1, w1, h1 * w1, w
         if activation is not None:
             gamma, zeta, slope = (v.detach().float().contiguous() for v in activation)
             gamma, zeta = (v.expand(b, self.out_channels).contiguous() for v in (gamma, zeta))
             slope = slope.expand(self.out_channels).contiguous()
             ep.gamma, ep.zeta, ep.slope = _ptr(gamma), _ptr(zeta), _ptr(slope)
         e = ctypes.addressof(ep)
-        signs = torch.empty(b * h * w * ((c + 7) // 8), dtype=torch.uint8)
+        cbt = (c + 7) // 8
+        signs = torch.empty(b, h, w, cbt, dtype=torch.uint8)
         bits = torch.empty(b * n * self.words, dtype=torch.int64)
         out = torch.empty(b, self.out_channels, ho, wo)
-        (bidx, corr), lib, thr_ptr = self.padding_correction(h, w), self.lib, None if thr is None else _ptr(thr)
+        (bidx, corr), lib = self.padding_correction(h, w), self.lib
         parts = _parts(b * n * self.out_channels * self.words)
         stride = max(64 * self.out_channels, 128 * self.words)
         scratch = torch.empty(parts, stride, dtype=torch.int32)
-        if lib.hidiff_xnor_openmp():  # torch's own OpenMP threads (see xnor_kernels.c)
-            lib.hidiff_pack_signs_par(_ptr(x), thr_ptr, b, c, h, w, parts, _ptr(signs))
+        openmp = lib.hidiff_xnor_openmp()
+
+        def pack(src, t, hh, ww, dst, off):  # the sign bytes of one source into dst (B, hh, ww, its bytes per pixel)
+            cc, t_ptr, cb = src.shape[1], None if t is None else _ptr(t), dst.shape[-1]
+            if openmp:  # torch's own OpenMP threads (see xnor_kernels.c)
+                lib.hidiff_pack_signs_par(_ptr(src), t_ptr, b, cc, hh, ww, parts, _ptr(dst), cb, off)
+            else:  # a thread pool; the C calls release the GIL
+                _run(parts, hh * ww, lambda p0, p1, _: lib.hidiff_pack_signs(_ptr(src), t_ptr, b, cc, hh, ww, p0, p1,
+                                                                            _ptr(dst), cb, off))
+
+        if (h1, w1) == (h, w):
+            pack(x, thr1, h, w, signs, 0)
+        else:  # pack x at its own size, then repeat its bytes (8 channels each) over the upsampling factors
+            low = torch.empty(b, h1, w1, c1 // 8, dtype=torch.uint8)
+            pack(x, thr1, h1, w1, low, 0)
+            fy, fx = h // h1, w // w1
+            signs.view(b, h1, fy, w1, fx, cbt)[..., :c1 // 8].copy_(low.view(b, h1, 1, w1, 1, c1 // 8).expand(
+                b, h1, fy, w1, fx, c1 // 8))
+        if skip is not None:
+            pack(skip, thr2, h, w, signs, c1 // 8)
+        if openmp:
             lib.hidiff_pack_columns_par(_ptr(signs), b, c, h, w, self.kh, self.kw, sh, sw, ph, pw, dh, dw, ho, wo,
                                         self.words, parts, _ptr(bits))
             lib.hidiff_xnor_conv_par(_ptr(self.w_t), self.out_channels, self.o_pad, _ptr(bits), self.words, b, n,
                                      self.taps, _ptr(bidx), _ptr(corr), corr.shape[1], e, parts, _ptr(scratch),
                                      stride, _ptr(out))
             return out
-        # without OpenMP: a thread pool; the C calls release the GIL
-        _run(parts, h * w, lambda p0, p1, _: lib.hidiff_pack_signs(_ptr(x), thr_ptr, b, c, h, w, p0, p1,
-                                                                    _ptr(signs)))
         _run(parts, ho, lambda r0, r1, _: lib.hidiff_pack_columns(_ptr(signs), b, c, h, w, self.kh, self.kw, sh, sw,
                                                                    ph, pw, dh, dw, ho, wo, self.words, r0, r1,
                                                                    _ptr(bits)))

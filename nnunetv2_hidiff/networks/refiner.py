@@ -172,9 +172,9 @@ class HiDiffRefiner(nn.Module):
             skips.append(h)
 
         for s in range(last - 1, -1, -1):
-            h = F.interpolate(h, size=skips[s].shape[2:], mode="nearest")
-            h = torch.cat([h, skips[s]], dim=1)
-            for block in self.decoder[s]:
+            first, *rest = self.decoder[s]
+            h = first.merge_forward(h, skips[s], emb)  # concat[nearest-upsampled h, skip] → block
+            for block in rest:
                 h = block(h, emb)
         if h.shape[2:] != x.shape[2:]:  # only if the plan's first stride is not 1
             h = F.interpolate(h, size=x.shape[2:], mode="nearest")

@@ -24,7 +24,7 @@
 #define HIDIFF_X86 0
 #endif
 
-#define HIDIFF_XNOR_ABI 11
+#define HIDIFF_XNOR_ABI 12
 
 enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
@@ -79,11 +79,13 @@ static inline int popcount64(uint64_t v) {
  * per-pixel correction sum over those taps of sign(W) (see packed.py), which makes the result exact. */
 
 /* Stage 1: the sign bytes of pixels [p0, p1) of every image of x (B, C, H, W), float32, contiguous, bit c % 8 of
- * byte c / 8 = x > threshold[b, c] (threshold may be NULL: 0). signs: (B, H * W, CB). Each byte (8 channels of one
+ * byte off + c / 8 = x > threshold[b, c] (threshold may be NULL: 0). signs: (B, H * W, CBt) with CBt >= off + CB
+ * bytes per pixel, so that two sources pack side by side into the bytes of their channel concatenation (the first
+ * with a multiple of 8 channels) without the concatenation ever being built in float. Each byte (8 channels of one
  * pixel) is assembled in a small block buffer and written once: the channel loop streams the 8 input rows and
  * vectorises, instead of 8 read-modify-writes of one strided byte per pixel. */
 void hidiff_pack_signs(const float *x, const float *threshold, int B, int C, int H, int W, int p0, int p1,
-                       uint8_t *signs) {
+                       uint8_t *signs, int CBt, int off) {
     enum { PB = 256 };
     const int CB = (C + 7) / 8;
     const size_t HW = (size_t)H * W;
@@ -91,7 +93,7 @@ void hidiff_pack_signs(const float *x, const float *threshold, int B, int C, int
     for (int b = 0; b < B; ++b)
         for (int q0 = p0; q0 < p1; q0 += PB) {
             const int len = p1 - q0 < PB ? p1 - q0 : PB;
-            uint8_t *dst = signs + ((size_t)b * HW + q0) * CB;
+            uint8_t *dst = signs + ((size_t)b * HW + q0) * CBt + off;
             for (int g = 0; g < CB; ++g) {
                 memset(acc, 0, sizeof acc);
                 const int c_end = C < (g + 1) * 8 ? C : (g + 1) * 8;
@@ -101,10 +103,10 @@ void hidiff_pack_signs(const float *x, const float *threshold, int B, int C, int
                     const int shift = c & 7;
                     for (int q = 0; q < len; ++q) acc[q] |= (uint8_t)((xc[q] > thr) << shift);
                 }
-                if (CB == 1) {
+                if (CBt == 1) {
                     memcpy(dst, acc, (size_t)len);
                 } else {
-                    for (int q = 0; q < len; ++q) dst[(size_t)q * CB + g] = acc[q];
+                    for (int q = 0; q < len; ++q) dst[(size_t)q * CBt + g] = acc[q];
                 }
             }
         }
@@ -165,7 +167,36 @@ typedef struct {
     const float *gamma, *zeta;  /* (B, O), or NULL: no TA */
     const float *slope;         /* (O,) */
     int cr;
+    /* or, instead of res, the shortcut's channel mean of the conv's input (stride 1, C = grp * O): the residual of
+     * channel o is the mean of input channels grp*o .. grp*o+grp-1 of the concatenation [src1 (B, c1, h1, w1), nearest-
+     * upsampled by (fy, fx) to the output's H x W = N pixels (W columns); src2 (B, c2, N)], read where it is needed */
+    const float *src1, *src2;
+    int grp, c1, c2, fy, fx, w1, hw1, W;
 } hidiff_epilogue;
+
+/* the group-mean residual (see hidiff_epilogue) of output channel o at the pixels [n0, n0 + cols) of image b */
+static void group_mean_row(const hidiff_epilogue *e, int b, int o, size_t N, int n0, int cols, float *buf) {
+    for (int j = 0; j < cols; ++j) buf[j] = 0.0f;
+    for (int k = 0; k < e->grp; ++k) {
+        const int c = e->grp * o + k;
+        if (c >= e->c1) {
+            const float *s = e->src2 + ((size_t)b * e->c2 + (c - e->c1)) * N + n0;
+            for (int j = 0; j < cols; ++j) buf[j] += s[j];
+        } else if (e->fy == 1 && e->fx == 1) {
+            const float *s = e->src1 + ((size_t)b * e->c1 + c) * N + n0;
+            for (int j = 0; j < cols; ++j) buf[j] += s[j];
+        } else {
+            const float *s = e->src1 + ((size_t)b * e->c1 + c) * (size_t)e->hw1;
+            int y = n0 / e->W, x = n0 % e->W;
+            for (int j = 0; j < cols; ++j) {
+                buf[j] += s[(size_t)(y / e->fy) * e->w1 + x / e->fx];
+                if (++x == e->W) x = 0, ++y;
+            }
+        }
+    }
+    const float g = (float)e->grp;
+    for (int j = 0; j < cols; ++j) buf[j] /= g;
+}
 
 typedef struct {  /* one output row (image b, channel o) */
     float s, t, g, z, a;
@@ -173,9 +204,14 @@ typedef struct {  /* one output row (image b, channel o) */
     int ta;
 } row_t;
 
-static inline row_t row_of(const hidiff_epilogue *e, int b, int o, int O, size_t N, int n0) {
+/* buf: room for the `cols` values of a group-mean residual */
+static inline row_t row_of(const hidiff_epilogue *e, int b, int o, int O, size_t N, int n0, int cols, float *buf) {
     row_t r = {e->scale[o], e->bias[o], 0.0f, 0.0f, 0.0f, NULL, e->gamma != NULL};
     if (e->res) r.res = e->res + ((size_t)b * e->cr + o % e->cr) * N + n0;
+    if (e->grp) {
+        group_mean_row(e, b, o, N, n0, cols, buf);
+        r.res = buf;
+    }
     if (r.ta) {
         r.g = e->gamma[(size_t)b * O + o];
         r.z = e->zeta[(size_t)b * O + o];
@@ -299,7 +335,8 @@ __attribute__((target("avx2"))) static inline void store_counts(float *dst, cons
                                                                 const int32_t *bidx, const int32_t *co,
                                                                 const hidiff_epilogue *e, int b, int o, int O,
                                                                 size_t N, int n0) {
-    const row_t r = row_of(e, b, o, O, N, n0);
+    float buf[64];
+    const row_t r = row_of(e, b, o, O, N, n0, cols, buf);
     if (!bidx && cols == 64) store_block64(dst, cnt, K, &r);
     else store_row(dst, cnt, 1, cols, K, bidx, co, &r);
 }
@@ -417,7 +454,8 @@ int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits
                 gemm_scalar(w_t, O, O_pad, block, words, cols, scratch);
             const int32_t *row_bidx = any_border(bidx + n0, cols) ? bidx + n0 : NULL;
             for (int o = 0; o < O; ++o) {
-                const row_t r = row_of(e, b, o, O, (size_t)N, n0);
+                float buf[64];
+                const row_t r = row_of(e, b, o, O, (size_t)N, n0, cols, buf);
                 store_row(out + ((size_t)b * O + o) * N + n0, scratch + o, (size_t)O, cols, K, row_bidx,
                           corr + (size_t)o * nb, &r);
             }
@@ -427,11 +465,12 @@ int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits
 
 /* The three stages split into `parts` contiguous slices (pixels, output rows, columns), one OpenMP thread each. */
 void hidiff_pack_signs_par(const float *x, const float *threshold, int B, int C, int H, int W, int parts,
-                           uint8_t *signs) {
+                           uint8_t *signs, int CBt, int off) {
     const long total = (long)H * W;
 #pragma omp parallel for num_threads(parts) schedule(static)
     for (int i = 0; i < parts; ++i)
-        hidiff_pack_signs(x, threshold, B, C, H, W, (int)(total * i / parts), (int)(total * (i + 1) / parts), signs);
+        hidiff_pack_signs(x, threshold, B, C, H, W, (int)(total * i / parts), (int)(total * (i + 1) / parts), signs,
+                          CBt, off);
 }
 
 void hidiff_pack_columns_par(const uint8_t *signs, int B, int C, int H, int W, int kh, int kw, int sh, int sw,

@@ -191,6 +191,10 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_res_oof_cpuWarm500(nnUNetTrainerHiDiff_w
     oof_prior_trainer = "nnUNetTrainerBaseline_5epochs"
 
 
+class nnUNetTrainerHiDiff_w8_joint_bce1_res_priorTemp3_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
+    prior_temperature_max = 3.0  # the training-prior ablation (issue 12): softened priors, errors at the boundaries
+
+
 class nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm2000(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
     budget_epochs = 80  # 4x the refiner iterations: does a longer run learn corrections, or stay the identity?
 
