@@ -57,6 +57,9 @@ def _declare(lib):
     lib.hidiff_pack_signs_par.argtypes = [_P, _P, _I, _I, _I, _I, _I, _P, _I, _I]
     lib.hidiff_pack_columns_par.restype = None
     lib.hidiff_pack_columns_par.argtypes = [_P] + [_I] * 16 + [_P]
+    lib.hidiff_group_mean.restype = lib.hidiff_group_mean_par.restype = None
+    lib.hidiff_group_mean.argtypes = [_P, _P] + [_I] * 10 + [_P]
+    lib.hidiff_group_mean_par.argtypes = [_P, _P] + [_I] * 9 + [_P]
     lib.hidiff_xnor_conv_par.restype = _I
     lib.hidiff_xnor_conv_par.argtypes = [_P, _I, _I, _P, _I, _I, _I, _I, _P, _P, _I, _P, _I, _P, ctypes.c_long, _P]
     return lib
@@ -64,9 +67,7 @@ def _declare(lib):
 
 class _Epilogue(ctypes.Structure):
     """xnor_kernels.c's hidiff_epilogue: what the kernel applies to the popcounts before it stores them."""
-    _fields_ = [("scale", _P), ("bias", _P), ("res", _P), ("gamma", _P), ("zeta", _P), ("slope", _P), ("cr", _I),
-                ("src1", _P), ("src2", _P), ("grp", _I), ("c1", _I), ("c2", _I), ("fy", _I), ("fx", _I), ("w1", _I),
-                ("hw1", _I), ("W", _I)]
+    _fields_ = [("scale", _P), ("bias", _P), ("res", _P), ("gamma", _P), ("zeta", _P), ("slope", _P), ("cr", _I)]
 
 
 def _built_extension() -> Optional[Path]:
@@ -251,9 +252,16 @@ class PackedConv2d:
             if (ho, wo) != (h, w) or c % self.out_channels:
                 raise ValueError(f"a channel-mean shortcut needs stride 1 and input channels ({c}) a multiple of the "
                                  f"output channels ({self.out_channels})")
-            ep.src1, ep.src2 = _ptr(x), None if skip is None else _ptr(skip)
-            ep.grp, ep.c1, ep.c2 = c // self.out_channels, c1, c2
-            ep.fy, ep.fx, ep.w1, ep.hw1, ep.W = h // h1, w // w1, w1, h1 * w1, w
+            residual = torch.empty(b, self.out_channels, h, w)
+            args = (_ptr(x), None if skip is None else _ptr(skip), b, c1, c2, h1, w1, h, w, c // self.out_channels)
+            rows = b * self.out_channels
+            if self.lib.hidiff_xnor_openmp():
+                self.lib.hidiff_group_mean_par(*args, _parts(rows * h * w * c // self.out_channels // 64),
+                                               _ptr(residual))
+            else:
+                _run(_parts(rows * h * w * c // self.out_channels // 64), rows,
+                     lambda r0, r1, _: self.lib.hidiff_group_mean(*args, r0, r1, _ptr(residual)))
+            ep.res, ep.cr = _ptr(residual), self.out_channels
         if activation is not None:
             gamma, zeta, slope = (v.detach().float().contiguous() for v in activation)
             gamma, zeta = (v.expand(b, self.out_channels).contiguous() for v in (gamma, zeta))

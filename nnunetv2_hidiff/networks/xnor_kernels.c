@@ -167,35 +167,44 @@ typedef struct {
     const float *gamma, *zeta;  /* (B, O), or NULL: no TA */
     const float *slope;         /* (O,) */
     int cr;
-    /* or, instead of res, the shortcut's channel mean of the conv's input (stride 1, C = grp * O): the residual of
-     * channel o is the mean of input channels grp*o .. grp*o+grp-1 of the concatenation [src1 (B, c1, h1, w1), nearest-
-     * upsampled by (fy, fx) to the output's H x W = N pixels (W columns); src2 (B, c2, N)], read where it is needed */
-    const float *src1, *src2;
-    int grp, c1, c2, fy, fx, w1, hw1, W;
 } hidiff_epilogue;
 
-/* the group-mean residual (see hidiff_epilogue) of output channel o at the pixels [n0, n0 + cols) of image b */
-static void group_mean_row(const hidiff_epilogue *e, int b, int o, size_t N, int n0, int cols, float *buf) {
-    for (int j = 0; j < cols; ++j) buf[j] = 0.0f;
-    for (int k = 0; k < e->grp; ++k) {
-        const int c = e->grp * o + k;
-        if (c >= e->c1) {
-            const float *s = e->src2 + ((size_t)b * e->c2 + (c - e->c1)) * N + n0;
-            for (int j = 0; j < cols; ++j) buf[j] += s[j];
-        } else if (e->fy == 1 && e->fx == 1) {
-            const float *s = e->src1 + ((size_t)b * e->c1 + c) * N + n0;
-            for (int j = 0; j < cols; ++j) buf[j] += s[j];
-        } else {
-            const float *s = e->src1 + ((size_t)b * e->c1 + c) * (size_t)e->hw1;
-            int y = n0 / e->W, x = n0 % e->W;
-            for (int j = 0; j < cols; ++j) {
-                buf[j] += s[(size_t)(y / e->fy) * e->w1 + x / e->fx];
-                if (++x == e->W) x = 0, ++y;
+/* A RefinerBlock's shortcut when its input has grp times the output channels (a fusion or decoder block, stride 1): the
+ * mean of input channels grp*o .. grp*o+grp-1, written for the output rows [r0, r1) of out (B * O rows of H * W), where
+ * the input is the concatenation [src1 (B, c1, h1, w1) nearest-upsampled by integer factors to H x W; src2 (B, c2, H,
+ * W)] that is never built. Row by row, so that every source row is streamed once (the kernel's output pass would
+ * read grp scattered rows per block instead). */
+void hidiff_group_mean(const float *src1, const float *src2, int B, int c1, int c2, int h1, int w1, int H, int W,
+                       int grp, int r0, int r1, float *out) {
+    const int O = (c1 + c2) / grp, fy = H / h1, fx = W / w1;
+    const size_t N = (size_t)H * W, N1 = (size_t)h1 * w1;
+    for (int r = r0; r < r1; ++r) {
+        const int b = r / O, o = r % O;
+        float *dst = out + (size_t)r * N;
+        for (size_t n = 0; n < N; ++n) dst[n] = 0.0f;
+        for (int k = 0; k < grp; ++k) {
+            const int c = grp * o + k;
+            if (c >= c1) {
+                const float *s = src2 + ((size_t)b * c2 + (c - c1)) * N;
+                for (size_t n = 0; n < N; ++n) dst[n] += s[n];
+            } else if (fy == 1 && fx == 1) {
+                const float *s = src1 + ((size_t)b * c1 + c) * N;
+                for (size_t n = 0; n < N; ++n) dst[n] += s[n];
+            } else {
+                const float *s = src1 + ((size_t)b * c1 + c) * N1;
+                for (int y = 0; y < H; ++y) {
+                    const float *low = s + (size_t)(y / fy) * w1;
+                    float *d = dst + (size_t)y * W;
+                    if (fx == 2)
+                        for (int x = 0; x < w1; ++x) d[2 * x] += low[x], d[2 * x + 1] += low[x];
+                    else
+                        for (int x = 0; x < W; ++x) d[x] += low[x / fx];
+                }
             }
         }
+        const float g = (float)grp;
+        for (size_t n = 0; n < N; ++n) dst[n] /= g;
     }
-    const float g = (float)e->grp;
-    for (int j = 0; j < cols; ++j) buf[j] /= g;
 }
 
 typedef struct {  /* one output row (image b, channel o) */
@@ -204,14 +213,9 @@ typedef struct {  /* one output row (image b, channel o) */
     int ta;
 } row_t;
 
-/* buf: room for the `cols` values of a group-mean residual */
-static inline row_t row_of(const hidiff_epilogue *e, int b, int o, int O, size_t N, int n0, int cols, float *buf) {
+static inline row_t row_of(const hidiff_epilogue *e, int b, int o, int O, size_t N, int n0) {
     row_t r = {e->scale[o], e->bias[o], 0.0f, 0.0f, 0.0f, NULL, e->gamma != NULL};
     if (e->res) r.res = e->res + ((size_t)b * e->cr + o % e->cr) * N + n0;
-    if (e->grp) {
-        group_mean_row(e, b, o, N, n0, cols, buf);
-        r.res = buf;
-    }
     if (r.ta) {
         r.g = e->gamma[(size_t)b * O + o];
         r.z = e->zeta[(size_t)b * O + o];
@@ -300,7 +304,7 @@ __attribute__((target("avx2"))) static void gemm_avx2(const uint64_t *w_t, int O
 /* Both SIMD kernels work on one block of up to 64 columns at a time: the block's bits are transposed to word-major
  * (tb[k * 64 + j]) so that one vector holds word k of consecutive columns; each output channel then broadcasts its
  * weight word against those vectors, and the counts of a vector are consecutive pixels of that channel's output row:
- * scaled and stored as they are, with no transposition of the counts. Border columns are fixed by store_row. */
+ * scaled and stored as they are, with no transposition of the counts (border columns: see store_counts). */
 static inline void transpose_block(const uint64_t *block, int words, int cols, uint64_t *tb) {
     for (int k = 0; k < words; ++k) {
         uint64_t *row = tb + (size_t)k * 64;
@@ -309,15 +313,14 @@ static inline void transpose_block(const uint64_t *block, int words, int cols, u
     }
 }
 
-/* store_row for the 64 counts of a full block without border pixels, 8 at a time */
-__attribute__((target("avx2"))) static inline void store_block64(float *dst, const int32_t *cnt, int K,
-                                                                 const row_t *r) {
-    const __m256i vK = _mm256_set1_epi32(K);
+/* store_row for the integer part iv[j] = K - 2 * cnt + corr of `cols` pixels, 8 at a time (then a scalar tail) */
+__attribute__((target("avx2"))) static inline void store_vec(float *dst, const int32_t *iv, int cols,
+                                                             const row_t *r) {
     const __m256 vs = _mm256_set1_ps(r->s), vt = _mm256_set1_ps(r->t), vg = _mm256_set1_ps(r->g);
     const __m256 vz = _mm256_set1_ps(r->z), va = _mm256_set1_ps(r->a), zero = _mm256_setzero_ps();
-    for (int j = 0; j < 64; j += 8) {
-        const __m256i c = _mm256_loadu_si256((const __m256i *)(cnt + j));
-        __m256 v = _mm256_add_ps(_mm256_mul_ps(vs, _mm256_cvtepi32_ps(_mm256_sub_epi32(vK, _mm256_add_epi32(c, c)))),
+    int j = 0;
+    for (; j + 8 <= cols; j += 8) {
+        __m256 v = _mm256_add_ps(_mm256_mul_ps(vs, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(iv + j)))),
                                  vt);
         if (r->res) v = _mm256_add_ps(v, _mm256_loadu_ps(r->res + j));
         if (r->ta) {
@@ -327,18 +330,23 @@ __attribute__((target("avx2"))) static inline void store_block64(float *dst, con
         }
         _mm256_storeu_ps(dst + j, v);
     }
+    for (; j < cols; ++j) dst[j] = finish(r->s * (float)iv[j] + r->t, r, j);
 }
 
-/* The counts of output channel o in one block of the SIMD kernels, stored with the epilogue (vector path for a full
- * block without border pixels). */
+/* The counts of output channel o in one block of the SIMD kernels, stored with the epilogue: the integer part with
+ * the padding correction of the border pixels first, then the float epilogue vectorised over the whole block (border
+ * pixels included: every block of an image less than 64 pixels wide has some). */
 __attribute__((target("avx2"))) static inline void store_counts(float *dst, const int32_t *cnt, int cols, int K,
                                                                 const int32_t *bidx, const int32_t *co,
                                                                 const hidiff_epilogue *e, int b, int o, int O,
                                                                 size_t N, int n0) {
-    float buf[64];
-    const row_t r = row_of(e, b, o, O, N, n0, cols, buf);
-    if (!bidx && cols == 64) store_block64(dst, cnt, K, &r);
-    else store_row(dst, cnt, 1, cols, K, bidx, co, &r);
+    int32_t iv[64];
+    const row_t r = row_of(e, b, o, O, N, n0);
+    for (int j = 0; j < cols; ++j) iv[j] = K - 2 * cnt[j];
+    if (bidx)
+        for (int j = 0; j < cols; ++j)
+            if (bidx[j] >= 0) iv[j] += co[bidx[j]];
+    store_vec(dst, iv, cols, &r);
 }
 
 /* AVX2: per output channel, AVX2_COLS columns per pass (AVX2_COLS / 4 vectors of 4 words, few enough to stay in
@@ -454,8 +462,7 @@ int hidiff_xnor_conv(const uint64_t *w_t, int O, int O_pad, const uint64_t *bits
                 gemm_scalar(w_t, O, O_pad, block, words, cols, scratch);
             const int32_t *row_bidx = any_border(bidx + n0, cols) ? bidx + n0 : NULL;
             for (int o = 0; o < O; ++o) {
-                float buf[64];
-                const row_t r = row_of(e, b, o, O, (size_t)N, n0, cols, buf);
+                const row_t r = row_of(e, b, o, O, (size_t)N, n0);
                 store_row(out + ((size_t)b * O + o) * N + n0, scratch + o, (size_t)O, cols, K, row_bidx,
                           corr + (size_t)o * nb, &r);
             }
@@ -479,6 +486,15 @@ void hidiff_pack_columns_par(const uint8_t *signs, int B, int C, int H, int W, i
     for (int i = 0; i < parts; ++i)
         hidiff_pack_columns(signs, B, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, words,
                             (int)((long)Ho * i / parts), (int)((long)Ho * (i + 1) / parts), bits);
+}
+
+void hidiff_group_mean_par(const float *src1, const float *src2, int B, int c1, int c2, int h1, int w1, int H, int W,
+                           int grp, int parts, float *out) {
+    const long rows = (long)B * ((c1 + c2) / grp);
+#pragma omp parallel for num_threads(parts) schedule(static)
+    for (int i = 0; i < parts; ++i)
+        hidiff_group_mean(src1, src2, B, c1, c2, h1, w1, H, W, grp, (int)(rows * i / parts),
+                          (int)(rows * (i + 1) / parts), out);
 }
 
 /* scratch: parts rows of scratch_stride int32 each. Returns the instruction set used. */
