@@ -1,7 +1,7 @@
 """End-to-end prediction time per image through nnU-Net's predictor (issue 15, item 5; prints numbers).
 
 nnU-Net's ``nnUNetPredictor`` (preprocessing, sliding window, mirroring TTA as chosen, export to a segmentation)
-predicts the same images three times with the same HiDiffNetwork, built through the trainer's
+predicts the same images three times (four: see below) with the same HiDiffNetwork, built through the trainer's
 ``build_network_architecture`` from a shipped default plan: the segmentor alone (``refine = False``), the refined
 output with the binary refiner simulated in float (``packed = False``), and with the bit-packed kernels
 (``packed = True``), at the trainer's default prediction settings (steps, samples, transition). Weights are random
@@ -9,8 +9,11 @@ with non-trivial BatchNorm statistics: the time does not depend on them, and no 
 
     python benchmarks/predict_speed.py --images $nnUNet_raw/Dataset902_DRIVE/imagesTs --cases 4 --threads 2
 
-Prints seconds per image (mean over the cases after one untimed warm-up image), the kernel's instruction set and
-the largest difference between the packed and the simulated refined probabilities. Run it on a quiet machine.
+Prints seconds per image (mean over the cases after one untimed warm-up image), the kernel's instruction set, the
+largest difference between the packed and the simulated refined probabilities and the share of pixels where their
+masks differ, next to the share where two seeds of the packed chain differ (a fourth, timed, packed run with
+``seed = 1``): with random weights ε̂ sits near its thresholds, so read the first share against the second.
+Run it on a quiet machine.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ def main() -> None:
     parser.add_argument("--trainer", default="nnUNetTrainerHiDiff")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring (the same for every mode)")
+    parser.add_argument("--steps", type=int, default=None, help="refinement steps (default: the trainer's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,6 +60,8 @@ def main() -> None:
     pm = PlansManager(plans)
     cm = pm.get_configuration("2d")
     net, _ = build(args.trainer, args.dataset, None)
+    if args.steps:
+        net.num_inference_steps = args.steps
     steps = net.num_inference_steps
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=not args.disable_tta, device=torch.device("cpu"),
                                 perform_everything_on_device=False, allow_tqdm=False, verbose=False)
@@ -67,24 +73,32 @@ def main() -> None:
           f"patch {cm.patch_size}, {args.trainer}: {steps} steps, {net.num_samples} sample(s), transition "
           f"{net.transition}, mirroring TTA {'off' if args.disable_tta else 'on'}; {len(files) - 1} images of "
           f"{folder} (+1 warm-up)")
-    modes = {"segmentor alone": (False, False), "refined, simulated": (True, False), "refined, packed": (True, True)}
-    times, probs = {}, {}
-    for mode, (refine, is_packed) in modes.items():
-        net.refine, net.steps_forced, net.packed = refine, True, is_packed
-        seconds, out = [], []
+    modes = {"segmentor alone": (False, False, 0), "refined, simulated": (True, False, 0),
+             "refined, packed": (True, True, 0), "refined, packed, seed 1": (True, True, 1)}
+    times, probs, segs = {}, {}, {}
+    for mode, (refine, is_packed, seed) in modes.items():
+        net.refine, net.steps_forced, net.packed, net.seed = refine, True, is_packed, seed
+        seconds, out, masks = [], [], []
         for i, (img, props) in enumerate(images):
             start = time.perf_counter()
-            _, p = predictor.predict_single_npy_array(img, props, None, None, True)
+            seg, p = predictor.predict_single_npy_array(img, props, None, None, True)
             if i:
                 seconds.append(time.perf_counter() - start)
                 out.append(p)
-        times[mode], probs[mode] = float(np.mean(seconds)), out
-    print(f"{'mode':20s} {'s per image':>12s} {'x segmentor':>12s}")
+                masks.append(seg)
+        times[mode], probs[mode], segs[mode] = float(np.mean(seconds)), out, masks
+    print(f"{'mode':24s} {'s per image':>12s} {'x segmentor':>12s}")
     for mode, t in times.items():
-        print(f"{mode:20s} {t:12.2f} {t / times['segmentor alone']:11.2f}x")
+        print(f"{mode:24s} {t:12.2f} {t / times['segmentor alone']:11.2f}x")
     print(f"packed is {times['refined, simulated'] / times['refined, packed']:.2f}x faster than simulated; "
           f"max |Δ probability| packed vs simulated = "
           f"{max(np.abs(a - b).max() for a, b in zip(probs['refined, packed'], probs['refined, simulated'])):.2e}")
+    total = sum(a.size for a in segs['refined, packed'])
+    for other, why in (("refined, simulated", "float rounding at binary thresholds, README 'packed kernels'"),
+                       ("refined, packed, seed 1", "the chain's own sampling noise, for scale")):
+        differ = sum(int((a != b).sum()) for a, b in zip(segs['refined, packed'], segs[other]))
+        print(f"refined masks, packed vs {other}: differ at {differ} of {total} pixels ({differ / total:.2e}; "
+              f"{why})")
 
 
 if __name__ == "__main__":

@@ -143,7 +143,10 @@ def test_refiner_block_packed_equals_simulated_and_follows_updates(c_in, c_out, 
     blk.norm.running_var.uniform_(0.5, 2)
     torch.nn.init.normal_(blk.norm.weight)
     blk.eval()
-    for update in (lambda: None, lambda: blk.conv.weight.mul_(-1), lambda: blk.norm.running_mean.add_(1)):
+    state = {k: v.clone() for k, v in blk.state_dict().items()}
+    corrections = []
+    for update in (lambda: None, lambda: blk.conv.weight.mul_(-1), lambda: blk.norm.running_mean.add_(1),
+                   lambda: blk.load_state_dict(state), lambda: blk.load_state_dict(state)):
         with torch.no_grad():
             update()
             blk.packed = False
@@ -151,7 +154,12 @@ def test_refiner_block_packed_equals_simulated_and_follows_updates(c_in, c_out, 
             blk.packed = True
             fast = blk(x, emb)
         torch.testing.assert_close(fast, simulated, rtol=1e-5, atol=1e-5)
-    assert blk.__dict__["_packed_cache"]
+        assert len(blk.__dict__["_packed_cache"]) == 1  # stale weight versions are dropped
+        corrections.append(blk.packed_conv()._corrections)
+    # nnU-Net's predictor reloads the same weights for every case: the padding corrections are handed over, and
+    # recomputed whenever the signs change (the sign flip, and the reload after it)
+    assert corrections[2] is corrections[1] and corrections[4] is corrections[3]
+    assert corrections[1] is not corrections[0] and corrections[3] is not corrections[2]
 
 
 def test_network_switch_and_environment_variable(tiny_hidiff_network):

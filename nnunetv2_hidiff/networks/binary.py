@@ -236,12 +236,13 @@ def mark_cached_embedding(emb: torch.Tensor) -> torch.Tensor:
     return emb
 
 
-def cached(owner: nn.Module, name: str, key, compute):
-    """``compute()`` memoised in ``owner``'s own dict (not a buffer: not saved, not moved), at most 64 entries."""
+def cached(owner: nn.Module, name: str, key, compute, max_entries: int = 64):
+    """``compute()`` memoised in ``owner``'s own dict (not a buffer: not saved, not moved), at most ``max_entries``
+    entries (1 for values keyed on weight versions: an older version never comes back)."""
     cache = owner.__dict__.setdefault(name, {})
     value = cache.get(key)
     if value is None:
-        if len(cache) >= 64:
+        if len(cache) >= max_entries:
             cache.clear()
         value = cache[key] = compute()
     return value

@@ -158,13 +158,16 @@ class RefinerBlock(nn.Module):
         from .packed import PackedConv2d
 
         conv = self.conv
+        # nnU-Net's predictor loads the state dict again for every case, which bumps the versions: the previous
+        # packed conv hands over its per-size padding corrections when its signs are the same
+        previous = next(iter(self.__dict__.get("_packed_cache", {}).values()), None)
 
         def compute():
             bn_scale, bias = self._bn_fold()
             scale = weight_scale(conv.weight).flatten() * bn_scale
-            return PackedConv2d(conv.weight, scale, bias, conv.stride, conv.padding, conv.dilation)
+            return PackedConv2d(conv.weight, scale, bias, conv.stride, conv.padding, conv.dilation, previous)
 
-        return cached(self, "_packed_cache", self._conv_bn_key(), compute)
+        return cached(self, "_packed_cache", self._conv_bn_key(), compute, max_entries=1)
 
     @torch.no_grad()
     def folded_conv_bn(self):
@@ -178,7 +181,7 @@ class RefinerBlock(nn.Module):
             scale, bias = self._bn_fold()
             return w * scale.view(-1, *([1] * (w.dim() - 1))), bias
 
-        return cached(self, "_folded_cache", self._conv_bn_key(), compute)
+        return cached(self, "_folded_cache", self._conv_bn_key(), compute, max_entries=1)
 
     def _bn_fold(self):
         """Eval-mode BN after the conv as a per-output-channel (scale, bias): γ/√(σ²+ε), β − μ·scale (+ conv bias)."""

@@ -164,9 +164,12 @@ def _run(parts: int, total: int, fn) -> None:
 
 class PackedConv2d:
     """A 2D binary conv + eval BN, packed. ``weight``: the conv's real weight (O, C, kh, kw) (only its signs are
-    used); ``scale``/``bias`` (O,): the per-output-channel scale and bias applied to the integer result."""
+    used); ``scale``/``bias`` (O,): the per-output-channel scale and bias applied to the integer result.
+    ``previous``: an earlier PackedConv2d of the same layer whose padding corrections are reused when its signs and
+    geometry are the same (they depend on nothing else)."""
 
-    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, stride, padding, dilation):
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, stride, padding, dilation,
+                 previous: Optional["PackedConv2d"] = None):
         lib = library()
         if lib is None:
             raise RuntimeError("no packed XNOR kernel available")
@@ -184,6 +187,10 @@ class PackedConv2d:
         self.bias = bias.detach().float().contiguous()
         self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
         self._corrections = {}
+        if (previous is not None and (previous.stride, previous.padding, previous.dilation) ==
+                (self.stride, self.padding, self.dilation) and previous.sign.shape == self.sign.shape
+                and torch.equal(previous.sign, self.sign)):
+            self._corrections = previous._corrections
 
     def nbytes(self) -> int:
         """Storage of the packed weights and the float scale and bias."""
@@ -195,9 +202,12 @@ class PackedConv2d:
         the simulated conv multiplies them by 0); only the nb border pixels have one, bidx[n] = their column in
         corr, −1 inside the image."""
         if (h, w) not in self._corrections:
-            valid = torch.nn.functional.conv2d(torch.ones(1, self.in_channels, h, w), self.sign, None, self.stride,
-                                               self.padding, self.dilation)[0]
-            corr = (self.sign.sum(dim=(1, 2, 3)).view(-1, 1, 1) - valid).flatten(1).round().to(torch.int32)
+            # the input is all ones inside the image, so the channels can be summed first: a 1-channel conv with
+            # the per-tap sums of sign(W) (integers, exact in float32)
+            tap_sums = self.sign.sum(dim=1, keepdim=True)
+            valid = torch.nn.functional.conv2d(torch.ones(1, 1, h, w), tap_sums, None, self.stride, self.padding,
+                                               self.dilation)[0]
+            corr = (tap_sums.sum(dim=(1, 2, 3)).view(-1, 1, 1) - valid).flatten(1).round().to(torch.int32)
             taps_inside = torch.nn.functional.conv2d(torch.ones(1, 1, h, w), torch.ones(1, 1, self.kh, self.kw), None,
                                                      self.stride, self.padding, self.dilation)[0, 0].flatten()
             border = taps_inside < self.kh * self.kw  # the pixels with a tap in the padding (only they have a corr)
