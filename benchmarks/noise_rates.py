@@ -17,7 +17,9 @@ prints, per channel (background included) and over all channels,
 on (a) ``--batches`` training batches from nnU-Net's training dataloader (augmented, patch sampling with
 foreground oversampling, segmentor in train mode, deep supervision on: exactly what the refiner step sees),
 with the trainer's own prior ``trainer.training_prior(logits)`` (the class's prior_temperature_max /
-prior_logit_noise perturbation), with the plain softmax, and with every ``--temperature-max`` ×
+prior_logit_noise perturbation), with the plain softmax, with the out-of-fold priors when the trainer has them
+(``oof_prior_trainer`` or ``nnUNet_HiDiff_oof_priors``: the other folds' segmentors on the same batch), and
+with every ``--temperature-max`` ×
 ``--logit-noise`` setting of ``perturbed_prior`` (the same batches and logits for all of them), and on (b)
 the 2d slices of the first ``--cases`` validation cases (centre-cropped/padded to the patch; segmentor in
 eval mode, plain softmax: what the refiner meets in prediction). Pick the setting whose training noise rate
@@ -111,6 +113,12 @@ def run_fold(args, fold: int, device: torch.device) -> dict:
         for tm in args.temperature_max or [float(tr.prior_temperature_max)]:
             for ln in args.logit_noise or [float(tr.prior_logit_noise)]:
                 settings.append((f"perturbed_prior τ_max={tm:g} σ={ln:g}", "grid", float(tm), float(ln)))
+    from nnunetv2_hidiff.training.oof_priors import OutOfFoldPriors, oof_template
+
+    template = oof_template(tr)  # the trainer's out-of-fold priors (oof_prior_trainer / nnUNet_HiDiff_oof_priors)
+    oof = OutOfFoldPriors.load(tr, template) if template else None
+    if oof is not None:
+        settings.append(("out-of-fold priors (plain softmax)", "oof", 1.0, 0.0))
     stats = [NoiseStats(K) for _ in settings]
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -126,7 +134,8 @@ def run_fold(args, fold: int, device: torch.device) -> dict:
     try:
         with torch.no_grad():
             for _ in range(args.batches):
-                data_b, target = tr._to_device(next(dl_tr))
+                batch = next(dl_tr)
+                data_b, target = tr._to_device(batch)
                 labels = (target[0] if isinstance(target, list) else target)[:, 0].long().clamp(min=0)
                 batch_size, patch = int(data_b.shape[0]), list(data_b.shape[2:])
                 with tr._autocast():
@@ -136,6 +145,9 @@ def run_fold(args, fold: int, device: torch.device) -> dict:
                         prior = tr.training_prior(logits)
                     elif kind == "plain":
                         prior = torch.softmax(logits.float(), 1)
+                    elif kind == "oof":
+                        with tr._autocast():
+                            prior = torch.softmax(oof.replace(data_b, batch.get("keys"), logits).float(), 1)
                     else:
                         prior = perturbed_prior(logits, tm, ln, grid_rng)
                     s.add(prior, labels)
