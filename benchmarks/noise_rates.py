@@ -116,7 +116,7 @@ def run_fold(args, fold: int, device: torch.device) -> dict:
     from nnunetv2_hidiff.training.oof_priors import OutOfFoldPriors, oof_template
 
     template = oof_template(tr)  # the trainer's out-of-fold priors (oof_prior_trainer / nnUNet_HiDiff_oof_priors)
-    oof = OutOfFoldPriors.load(tr, template) if template else None
+    oof = OutOfFoldPriors.load(tr, template, record=False) if template else None  # a reader
     if oof is not None:
         settings.append(("out-of-fold priors (plain softmax)", "oof", 1.0, 0.0))
     stats = [NoiseStats(K) for _ in settings]

@@ -74,7 +74,8 @@ class OutOfFoldPriors:
         self.networks, self.case_to_fold, self.sources = networks, case_to_fold, sources
 
     @classmethod
-    def load(cls, trainer, template: str) -> "OutOfFoldPriors":
+    def load(cls, trainer, template: str, record: bool = True) -> "OutOfFoldPriors":
+        """The other folds' segmentors for ``trainer.fold``; ``record``: name them in the fold record (training)."""
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
         splits_file = join(trainer.preprocessed_dataset_folder_base, "splits_final.json")
@@ -90,7 +91,7 @@ class OutOfFoldPriors:
                 trainer.label_manager.num_segmentation_heads, False).to(trainer.device)
             load_whole_segmentor(net, path, trainer.device)
             networks[j], sources[j] = net.eval().requires_grad_(False), path
-        if trainer.local_rank == 0:  # what the benchmark and users read (fold_record.py)
+        if record and trainer.local_rank == 0:  # what the benchmark and users read (fold_record.py)
             update_fold_record(trainer.output_folder, oof_priors={str(j): p for j, p in sources.items()})
         return cls(networks, mapping, sources)
 
