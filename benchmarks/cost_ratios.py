@@ -9,7 +9,7 @@ Plans and dataset.json default to the 901 and 902 default plans shipped in tests
 planning of the full datasets); no preprocessed data is needed. Medians of --repeats timed calls after one
 untimed warm-up call; one process, torch threads as given. Run it on a quiet machine.
 
-    python benchmarks/cost_ratios.py --trainers nnUNetTrainerHiDiff nnUNetTrainerHiDiff_real --json out.json
+    python benchmarks/cost_ratios.py --train-datasets 901 902 --train-patch 902=256x256 --batch 32 --json out.json
 """
 from __future__ import annotations
 
@@ -100,7 +100,10 @@ def time_patch_forward(trainer_cls, plans: dict, dataset_json: dict, repeats: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["901", "902"], choices=sorted(PLANS))
-    parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainerHiDiff", "nnUNetTrainerHiDiff_real"])
+    parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainerHiDiff", "nnUNetTrainerHiDiff_realRefiner"],
+                        help="default: the default trainer and its real-valued twin")
+    parser.add_argument("--train-patch", nargs="*", default=[], metavar="DATASET=HxW",
+                        help="training patch per dataset, e.g. 902=256x256 (the hidiffCPU preset's DRIVE crops)")
     parser.add_argument("--batch", type=int, default=32, help="training batch (default 32)")
     parser.add_argument("--train-datasets", nargs="*", default=["901"],
                         help="datasets whose training step is timed (902's 640² batch of 32 is very slow on a CPU)")
@@ -119,15 +122,20 @@ def main() -> None:
         name, plans_file, dj_file = PLANS[ds]
         plans, dataset_json = json.loads(plans_file.read_text()), json.loads(dj_file.read_text())
         plans["configurations"]["2d"]["batch_size"] = args.batch
+        train_plans = json.loads(json.dumps(plans))
+        for spec in args.train_patch:
+            key, _, size = spec.partition("=")
+            if key == ds:
+                train_plans["configurations"]["2d"]["patch_size"] = [int(v) for v in size.split("x")]
         _scratch_nnunet(name)
         if ds in args.train_datasets:
-            base = make_trainer("nnUNetTrainer", plans, dataset_json)
+            base = make_trainer("nnUNetTrainer", train_plans, dataset_json)
             batch = synthetic_batch(base, args.batch)
             t_base = time_train_step(base, batch, args.repeats)
             print(f"{ds} train_step nnUNetTrainer: {t_base:.3f} s (batch {args.batch}, patch "
                   f"{list(base.configuration_manager.patch_size)})", flush=True)
             for tr in args.trainers:
-                t = time_train_step(make_trainer(tr, plans, dataset_json), batch, args.repeats)
+                t = time_train_step(make_trainer(tr, train_plans, dataset_json), batch, args.repeats)
                 rows.append(dict(dataset=ds, what="train_step", trainer=tr, seconds=t, baseline=t_base,
                                  ratio=t / t_base))
                 print(f"{ds} train_step {tr}: {t:.3f} s = {t / t_base:.2f}x", flush=True)

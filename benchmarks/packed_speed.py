@@ -25,7 +25,7 @@ from cost_ratios import PLANS  # noqa: E402
 from refiner_speed import timeit  # noqa: E402
 
 
-def build(trainer: str, dataset: str, patch):
+def build(trainer: str, dataset: str, patch, real: bool = False):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunetv2_hidiff.training import variants
@@ -39,7 +39,10 @@ def build(trainer: str, dataset: str, patch):
     k = pm.get_label_manager(dataset_json).num_segmentation_heads
     c = len(dataset_json["channel_names"])
     torch.manual_seed(0)
-    net = getattr(variants, trainer).build_network_architecture(pm, cm, c, k, enable_deep_supervision=False).eval()
+    cls = getattr(variants, trainer)
+    if real:  # the real-valued twin: same class, binary_refiner off
+        cls = type(f"{trainer}_realTwin", (cls,), {"binary_refiner": False})
+    net = cls.build_network_architecture(pm, cm, c, k, enable_deep_supervision=False).eval()
     with torch.no_grad():
         for m in net.refiner.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -67,7 +70,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kernels: {packed.isa()}")
     net, x = build(args.trainer, args.dataset, args.patch)
-    real, _ = build(args.trainer.replace("nnUNetTrainerHiDiff", "nnUNetTrainerHiDiff_real", 1), args.dataset, args.patch)
+    real, _ = build(args.trainer, args.dataset, args.patch, real=True)
     with torch.no_grad():
         seg = net.segment(x)
         p = torch.softmax(seg.logits, 1)

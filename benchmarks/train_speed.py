@@ -76,7 +76,7 @@ def main():
     parser.add_argument("-d", default="901")
     parser.add_argument("-p", default="nnUNetPlans_hidiffCPU")
     parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerHiDiff",
-                                                          "nnUNetTrainerHiDiff_real"])
+                                                          "nnUNetTrainerHiDiff_paper"])
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--cases", type=int, default=3)
     args = parser.parse_args()

@@ -167,9 +167,12 @@ def test_summary_md_is_consistent_with_the_csv(bench):
             hd_folds = list(_fold_means(rows, trainer, "HD95", cls).values())
         assert n_folds == "2"
         m, s = _mean_std(dice)
-        assert m == pytest.approx(nan_mean(dice_folds), abs=6e-5) and s == pytest.approx(nan_std(dice_folds), abs=6e-5)
+        # nan_ok: a class whose HD95 is defined on one fold only has no std (the tiny models miss classes)
+        assert m == pytest.approx(nan_mean(dice_folds), abs=6e-5, nan_ok=True)
+        assert s == pytest.approx(nan_std(dice_folds), abs=6e-5, nan_ok=True)
         m, s = _mean_std(hd95)
-        assert m == pytest.approx(nan_mean(hd_folds), abs=6e-4) and s == pytest.approx(nan_std(hd_folds), abs=6e-4)
+        assert m == pytest.approx(nan_mean(hd_folds), abs=6e-4, nan_ok=True)
+        assert s == pytest.approx(nan_std(hd_folds), abs=6e-4, nan_ok=True)
         seen.add((trainer, cls))
     assert seen == {(t, c) for t in SERIES for c in (*CLASSES, "foreground")}
     # per-fold table

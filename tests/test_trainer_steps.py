@@ -249,6 +249,47 @@ def test_joint_step_updates_both_networks_with_one_refiner_pass(nnunet_paths):
     assert len(calls) == 2
 
 
+DEFAULT_KEYS = ("refiner_width", "joint_step", "lambda_bce", "prior_residual", "inference_steps", "binary_refiner")
+
+
+def test_default_is_the_measured_configuration_and_paper_keeps_the_papers(nnunet_paths):
+    """nnUNetTrainerHiDiff = the configuration measured on 901 (issue 14: width 8, joint step, BCE share, residual
+    head, 1 step); _paper = the paper's; variants named before the switch keep the configuration of their name."""
+    from nnunetv2_hidiff.training import variants as v
+
+    tr = make_trainer("nnUNetTrainerHiDiff")
+    assert tuple(getattr(tr, k) for k in DEFAULT_KEYS) == (8, True, 1.0, True, 1, True)
+    measured = v.nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500
+    assert all(getattr(measured, k) == getattr(tr, k) for k in DEFAULT_KEYS if k != "inference_steps")
+    assert tuple(getattr(v.nnUNetTrainerHiDiff_paper, k) for k in DEFAULT_KEYS) == (32, False, 0.0, False, None, True)
+    for name in ("real", "w8", "joint", "V5", "cpuBench", "cpuWarm500", "smoke", "demo"):
+        cls = getattr(v, f"nnUNetTrainerHiDiff_{name}")
+        assert issubclass(cls, v.nnUNetTrainerHiDiff_paper) and cls.lambda_bce == 0.0 and not cls.prior_residual
+    assert v.nnUNetTrainerHiDiff_joint_bce1_res_cpuWarm500.refiner_width == 32
+    twin = v.nnUNetTrainerHiDiff_realRefiner  # the default's real-valued twin
+    assert tuple(getattr(twin, k) for k in DEFAULT_KEYS) == (8, True, 1.0, True, 1, False)
+
+    tr.initialize()
+    tr.network = tr.hidiff
+    tr.hidiff.train()
+    tr.num_warmup_epochs = 0  # nnU-Net's 1000 epochs: 160 of segmentor warm-up otherwise
+    calls = _count_calls(tr.hidiff.refiner)
+    out = tr.train_step(make_batch(tr, seed=6))
+    assert len(calls) == 1 and out["skipped"] == 0 and torch.isfinite(torch.tensor(out["refiner_loss"]))
+    net = type(tr).build_network_architecture(tr.plans_manager, tr.configuration_manager, 1,
+                                              tr.label_manager.num_segmentation_heads, enable_deep_supervision=False)
+    assert net.num_inference_steps == 1 and net.refiner.prior_residual
+    net.load_state_dict(tr.hidiff.state_dict())  # strict, as nnU-Net's predictor loads it
+    net.eval()
+    with torch.no_grad():
+        x = make_batch(tr, seed=7)["data"][:1]
+        assert net(x).shape == (1, tr.label_manager.num_segmentation_heads, *x.shape[2:])
+    paper = v.nnUNetTrainerHiDiff_paper.build_network_architecture(
+        tr.plans_manager, tr.configuration_manager, 1, tr.label_manager.num_segmentation_heads, False)
+    with pytest.raises(RuntimeError, match="trained with another refiner configuration: refiner.*nnUNetTrainerHiDiff_paper"):
+        paper.load_state_dict(tr.hidiff.state_dict())
+
+
 def test_segmentor_trains_with_nnunets_sgd_by_default_and_adamw_as_a_variant(nnunet_paths):
     tr = make_trainer("nnUNetTrainerHiDiff_smoke")
     tr.initialize()

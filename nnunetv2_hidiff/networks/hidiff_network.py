@@ -112,6 +112,14 @@ class HiDiffNetwork(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the decision buffer existed: refine with the default steps
         state_dict.setdefault(prefix + "inference_decision", torch.tensor([1, 0], dtype=torch.long))
+        own = self.refiner.state_dict(prefix=prefix + "refiner.")
+        for key, value in state_dict.items():
+            if key in own and torch.is_tensor(value) and value.shape != own[key].shape:
+                raise RuntimeError(
+                    f"the weights were trained with another refiner configuration: {key} has shape "
+                    f"{tuple(value.shape)} there and {tuple(own[key].shape)} in this network. A model trained as "
+                    f"nnUNetTrainerHiDiff before 2026-12-03 has the paper's width-32 refiner: it loads as "
+                    f"nnUNetTrainerHiDiff_paper (README, 'The default configuration').")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ pieces for the trainer

@@ -1,13 +1,14 @@
-"""nnUNetTrainerHiDiff: alternate-collaborative training of segmentor f (nnU-Net's SGD) and refiner g (Algorithm 1).
+"""nnUNetTrainerHiDiff: collaborative training of segmentor f (nnU-Net's SGD) and refiner g.
 
-Every iteration (after an optional warm-up in which the segmentor trains alone):
-  (1) refiner step, f frozen: y_t ~ q(y_t | y0, p) with p = softmax(f(x)) detached; minimise L_diff
-      (Eq. 13) w.r.t. g; update g's EMA;
-  (2) segmentor step, g frozen: minimise L_hybrid = L_disc + λ_diff·L_diff (Eq. 17) w.r.t. f, with the
-      gradient of L_diff reaching f through the prior p and the segmentor features fed to g.
-One segmentor forward serves both steps (f does not change in step 1); g runs once per step, so step 2
-uses the refiner just updated in step 1. "g frozen" means: no gradients for g's parameters, and g in
-eval mode, so its BatchNorm statistics are neither used from the batch nor updated.
+Default = the configuration measured best on 901 (README, "The default configuration"): width-8 binary refiner,
+prior-residual head, BCE share in L_diff, one joint refiner pass per iteration, 1 DDIM step at prediction; the
+paper's (width 32, Algorithm 1, T steps) is nnUNetTrainerHiDiff_paper. Per iteration, after an optional warm-up:
+  joint (default): one refiner forward/backward of L_disc + λ_diff·L_diff updates both networks, g's EMA too;
+  Algorithm 1 (joint_step = False): (1) refiner step, f frozen: y_t ~ q(y_t | y0, p), p = softmax(f(x))
+  detached; minimise L_diff (Eq. 13) w.r.t. g; update g's EMA; (2) segmentor step, g frozen: minimise
+  L_disc + λ_diff·L_diff (Eq. 17) w.r.t. f, L_diff reaching f through p and the features fed to g. One segmentor
+  forward serves both steps; step 2 uses the refiner just updated. "g frozen": no gradients for g's parameters,
+  g in eval mode (BatchNorm statistics neither used from the batch nor updated).
 
 Everything else (data loading, augmentation, deep supervision, folds, validation, export, logging,
 ``--c``) is nnU-Net's, reached by overriding its named hooks. Configuration lives in class attributes,
@@ -54,17 +55,17 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     # ---- HiDiff configuration (paper Sec. III-A.2 unless noted); variants override these ----
     binary_refiner = True  # BBDM (XNOR convolutions, TB/TA); False = real-valued twin
     use_xformer = True  # (B)X-Former at the bottleneck
-    refiner_width = 32
+    refiner_width = 8  # stage widths 8·2^s (the paper's 32·2^s: nnUNetTrainerHiDiff_paper)
     num_diffusion_steps = 10  # T
     focal_gamma = 2.0  # γ of Eq. 12; 0 = BCE
     lambda_focal = 1.0  # Eq. 13
-    lambda_bce = 0.0  # a BCE share in L_diff to calibrate ε̂ where there is no noise (not in the paper; losses.py)
+    lambda_bce = 1.0  # a BCE share in L_diff to calibrate ε̂ where there is no noise (not in the paper; losses.py)
     lambda_diff = 1.0  # Eq. 17
-    prior_residual = False  # True: the refiner head is a residual on the prior's Bayes posterior (refiner.py)
+    prior_residual = True  # the refiner head is a residual on the prior's Bayes posterior (refiner.py)
     alternate_training = True  # False (Table X, V1): after warm-up only the refiner trains
     # True: one refiner forward/backward per iteration updates both networks (the segmentor's L_diff then uses
     # the refiner before its update, BatchNorm in train mode); False: Algorithm 1's two steps
-    joint_step = False
+    joint_step = True
     # optimisers: the segmentor with nnU-Net's own recipe ("sgd": SGD 1e-2, Nesterov 0.99, weight decay 3e-5,
     # poly) by default, or the paper's ("adamw": AdamW at learning_rate); the refiner always with AdamW
     segmentor_optimizer = "sgd"
@@ -92,7 +93,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     refiner_ema_decay = 0.9999
     compile_backend = "inductor"  # used where nnU-Net decides to compile (CUDA, nnUNet_compile)
     # prediction defaults (nnUNet_HiDiff_* environment variables override them at predict time)
-    inference_steps: Optional[int] = None  # None → T
+    inference_steps: Optional[int] = 1  # None → T (the paper's)
     packed_inference = True  # binary refiner: bit-packed XNOR-popcount convs at inference on the CPU (packed.py)
     inference_mirroring = True  # False: no mirroring test-time augmentation in validation/prediction
     max_nonfinite_in_a_row = 5

@@ -1,11 +1,16 @@
 """Trainer variants: configuration in the class name, one or two class attributes each.
 
-Table X ablations of the paper (V5 is the full model, = nnUNetTrainerHiDiff):
+nnUNetTrainerHiDiff (trainer.py) is the configuration measured best (width 8, joint step, BCE share, residual
+head, 1 prediction step), _realRefiner its real-valued twin; nnUNetTrainerHiDiff_paper is the paper's. Every other
+variant below was named, and measured (README, committed CSVs), when the paper's configuration was the default, so
+they all derive from _paper and keep the configuration their name had: their results stay reproducible by name.
+
+Table X ablations of the paper (V5 is the full model, = nnUNetTrainerHiDiff_paper):
     V1 real refiner, BCE (γ = 0), no X-Former, no alternate training (only the refiner learns after warm-up)
     V2 V1 + alternate-collaborative training
     V3 V2 with the focal loss (γ = 2)
     V4 V3 + X-Former                     (= nnUNetTrainerHiDiff_real)
-    V5 V4 binarized                      (= nnUNetTrainerHiDiff)
+    V5 V4 binarized                      (= nnUNetTrainerHiDiff_paper)
 Budgets for CPUs (same budgets exist for the plain nnU-Net baseline, nnUNetTrainerBaseline_*), and a
 smoke variant that runs one tiny epoch for tests and CI.
 """
@@ -17,12 +22,23 @@ from .common import (apply_budget, apply_inference_mirroring, extend_validation_
 from .trainer import nnUNetTrainerHiDiff
 
 
-class nnUNetTrainerHiDiff_real(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_paper(nnUNetTrainerHiDiff):
+    """The paper's configuration (the default until 2026-12-03): stage widths 32·2^s, Algorithm 1's two refiner
+    passes, L_diff = KL + focal, the paper's ε̂ head, T DDIM steps at prediction."""
+    refiner_width, joint_step, lambda_bce, prior_residual, inference_steps = 32, False, 0.0, False, None
+
+
+class nnUNetTrainerHiDiff_realRefiner(nnUNetTrainerHiDiff):
+    """The default configuration with a real-valued refiner and X-Former (_real is the paper's, width 32)."""
+    binary_refiner = False
+
+
+class nnUNetTrainerHiDiff_real(nnUNetTrainerHiDiff_paper):
     binary_refiner = False
 
 
 # ---- the paper's optimiser for the segmentor too (AdamW 1e-4); the default is nnU-Net's SGD recipe ----
-class nnUNetTrainerHiDiff_adamw(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_adamw(nnUNetTrainerHiDiff_paper):
     segmentor_optimizer = "adamw"
 
 
@@ -31,7 +47,7 @@ class nnUNetTrainerHiDiff_real_adamw(nnUNetTrainerHiDiff_real):
 
 
 # ---- one refiner pass per iteration for both networks (instead of Algorithm 1's two) ----
-class nnUNetTrainerHiDiff_joint(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_joint(nnUNetTrainerHiDiff_paper):
     joint_step = True
 
 
@@ -40,11 +56,11 @@ class nnUNetTrainerHiDiff_real_joint(nnUNetTrainerHiDiff_real):
 
 
 # ---- smaller refiners (issue "HiDiff at nnU-Net's cost"): stage widths w·2^s instead of 32·2^s ----
-class nnUNetTrainerHiDiff_w16(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_w16(nnUNetTrainerHiDiff_paper):
     refiner_width = 16
 
 
-class nnUNetTrainerHiDiff_w8(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_w8(nnUNetTrainerHiDiff_paper):
     refiner_width = 8
 
 
@@ -57,27 +73,27 @@ class nnUNetTrainerHiDiff_w8_joint(nnUNetTrainerHiDiff_w8):
 
 
 # ---- training priors perturbed to look like priors on unseen cases (logits / τ, τ ~ U[1, 3]; logit noise) ----
-class nnUNetTrainerHiDiff_priorTemp3(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_priorTemp3(nnUNetTrainerHiDiff_paper):
     prior_temperature_max = 3.0
 
 
-class nnUNetTrainerHiDiff_priorNoise1(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_priorNoise1(nnUNetTrainerHiDiff_paper):
     prior_logit_noise = 1.0
 
 
-class nnUNetTrainerHiDiff_res(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_res(nnUNetTrainerHiDiff_paper):
     prior_residual = True  # the refiner head is a residual on the prior's Bayes posterior (starts as the segmentor)
 
 
-class nnUNetTrainerHiDiff_V1(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_V1(nnUNetTrainerHiDiff_paper):
     binary_refiner, use_xformer, focal_gamma, alternate_training = False, False, 0.0, False
 
 
-class nnUNetTrainerHiDiff_V2(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_V2(nnUNetTrainerHiDiff_paper):
     binary_refiner, use_xformer, focal_gamma = False, False, 0.0
 
 
-class nnUNetTrainerHiDiff_V3(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_V3(nnUNetTrainerHiDiff_paper):
     binary_refiner, use_xformer = False, False
 
 
@@ -85,16 +101,16 @@ class nnUNetTrainerHiDiff_V4(nnUNetTrainerHiDiff_real):
     pass
 
 
-class nnUNetTrainerHiDiff_V5(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_V5(nnUNetTrainerHiDiff_paper):
     pass
 
 
 # ---- budgets: nnU-Net epochs (250 iterations each) ----
-class nnUNetTrainerHiDiff_5epochs(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_5epochs(nnUNetTrainerHiDiff_paper):
     budget_epochs = 5
 
 
-class nnUNetTrainerHiDiff_50epochs(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_50epochs(nnUNetTrainerHiDiff_paper):
     budget_epochs = 50
 
 
@@ -108,7 +124,7 @@ class nnUNetTrainerHiDiff_real_50epochs(nnUNetTrainerHiDiff_real):
 
 # ---- smoke: one tiny epoch, no warm-up, a narrow refiner, 2 DDIM steps, no mirroring TTA; _joint_smoke with
 # the joint step ----
-class nnUNetTrainerHiDiff_smoke(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_smoke(nnUNetTrainerHiDiff_paper):
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 1, 2, 1
     warmup_epochs, refiner_width, inference_steps, inference_mirroring = 0, 8, 2, False
     decision_extra_steps = (1,)
@@ -123,7 +139,7 @@ class nnUNetTrainerHiDiff_joint_smoke(nnUNetTrainerHiDiff_smoke):
 
 
 # ---- the demo (./scripts/demo.sh): 4 short epochs (the first one warm-up), no mirroring TTA ----
-class nnUNetTrainerHiDiff_demo(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_demo(nnUNetTrainerHiDiff_paper):
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 4, 25, 5
     warmup_epochs, inference_mirroring = 1, False
     decision_extra_steps = ()  # the demo shows both outputs anyway; keep its validation short
@@ -131,7 +147,7 @@ class nnUNetTrainerHiDiff_demo(nnUNetTrainerHiDiff):
 
 # ---- CPU benchmark budget (README, "Real results"): 6 epochs × 25 iterations = 150 iterations
 # (HiDiff: 1 warm-up epoch), 5 DDIM steps, no mirroring TTA in validation. The Baseline twin below.
-class nnUNetTrainerHiDiff_cpuBench(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_cpuBench(nnUNetTrainerHiDiff_paper):
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 6, 25, 5
     inference_steps, inference_mirroring = 5, False
 
@@ -143,7 +159,7 @@ class nnUNetTrainerHiDiff_real_cpuBench(nnUNetTrainerHiDiff_cpuBench):
 # ---- CPU warm-start protocol (the paper pre-trains the segmentor): set
 # nnUNet_HiDiff_pretrained_segmentor=<.../nnUNetTrainerBaseline_cpu400__.../fold_{fold}/checkpoint_final.pth>;
 # then 4 × 25 HiDiff iterations, 5 DDIM steps, no mirroring TTA.
-class nnUNetTrainerHiDiff_cpuWarm100(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_cpuWarm100(nnUNetTrainerHiDiff_paper):
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 4, 25, 5
     warmup_epochs, inference_steps, inference_mirroring = 0, 5, False
 
@@ -155,7 +171,7 @@ class nnUNetTrainerHiDiff_real_cpuWarm100(nnUNetTrainerHiDiff_cpuWarm100):
 # ---- CPU warm-start protocol of issue 12: a stable segmentor (nnUNetTrainerBaseline_5epochs, 1250 iterations)
 # then 20 × 25 = 500 HiDiff iterations with the default prediction settings, no mirroring TTA. From scratch with
 # the same total (1250 + 500 = 1750 = 70 × 25 iterations, the default 16 % segmentor warm-up): _cpu1750.
-class nnUNetTrainerHiDiff_cpuWarm500(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_cpuWarm500(nnUNetTrainerHiDiff_paper):
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 20, 25, 5
     warmup_epochs, inference_mirroring = 0, False
 
@@ -164,7 +180,7 @@ class nnUNetTrainerHiDiff_real_cpuWarm500(nnUNetTrainerHiDiff_cpuWarm500):
     binary_refiner = False
 
 
-class nnUNetTrainerHiDiff_cpu1750(nnUNetTrainerHiDiff):
+class nnUNetTrainerHiDiff_cpu1750(nnUNetTrainerHiDiff_paper):
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 70, 25, 5
     inference_mirroring = False
 
