@@ -14,6 +14,7 @@ untimed warm-up call; one process, torch threads as given. Run it on a quiet mac
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import tempfile
@@ -122,7 +123,7 @@ def main() -> None:
         name, plans_file, dj_file = PLANS[ds]
         plans, dataset_json = json.loads(plans_file.read_text()), json.loads(dj_file.read_text())
         plans["configurations"]["2d"]["batch_size"] = args.batch
-        train_plans = json.loads(json.dumps(plans))
+        train_plans = copy.deepcopy(plans)
         for spec in args.train_patch:
             key, _, size = spec.partition("=")
             if key == ds:
