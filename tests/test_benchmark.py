@@ -207,9 +207,13 @@ def test_summary_md_is_consistent_with_the_csv(bench):
         assert int(n) == len(pairs) and n_folds == "2"
         if pairs:
             assert float(mean_diff) == pytest.approx(np.mean(pairs), abs=6e-5)
-        folds_diff = [(_fold_means(rows, other, metric, cls)[f] - _fold_means(rows, BASE, metric, cls)[f])
-                      for f in ("0", "1")]
-        assert float(fold_diff) == pytest.approx(np.mean(folds_diff), abs=6e-5)
+        # folds where both means are finite (a tiny model can miss a class on a whole fold: HD95 undefined there)
+        folds_diff = [d for d in (_fold_means(rows, other, metric, cls)[f] - _fold_means(rows, BASE, metric, cls)[f]
+                                  for f in ("0", "1")) if np.isfinite(d)]
+        if folds_diff:
+            assert float(fold_diff) == pytest.approx(np.mean(folds_diff), abs=6e-5)
+        else:
+            assert fold_diff == "n/a"
     # held-out test set: mean ± std over the test cases
     test_table = _table(md, "Trainer", after="## Held-out test set")
     assert {row[0] for row in test_table} == set(SERIES)
