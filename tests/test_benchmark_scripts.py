@@ -299,3 +299,43 @@ def test_merge_results_pools_folds_recounts_nan_and_refuses_duplicates(tmp_path)
     dup = run_script("merge_results.py", ["-d", "Dataset999_X", "--results", a, a, "--trainers", base, "-o", out],
                      dict(os.environ), expect_rc=2)
     assert "collected twice" in dup.stderr
+
+
+def _summary(path, per_case):
+    """An nnU-Net summary.json with two classes per case: {case: ((dice1, hd1), (dice2, hd2))}."""
+    path.mkdir(parents=True, exist_ok=True)
+    cases = [{"reference_file": f"/gt/{case}.nii.gz",
+              "metrics": {str(k + 1): {"Dice": d, "HD95": h} for k, (d, h) in enumerate(values)}}
+             for case, values in per_case.items()]
+    (path / "summary.json").write_text(json.dumps({"metric_per_case": cases}))
+
+
+def test_paired_runs_compares_outputs_within_and_between_runs(tmp_path):
+    """benchmarks/paired_runs.py: per-case foreground means from the validation folders the trainer writes,
+    refined − segmentor within a run and run 2 − run 1 between runs, counted case by case; a missing fold record is
+    one clear error."""
+    results = tmp_path / "results"
+    plans = "nnUNetPlans"
+    for tr, refined_shift in (("nnUNetTrainerHiDiff_a", 0.1), ("nnUNetTrainerHiDiff_b", -0.1)):
+        fold = results / "Dataset999_X" / f"{tr}__{plans}__2d" / "fold_0"
+        seg = {f"c{i}": ((0.5, 2.0), (0.7, 4.0)) for i in range(3)}
+        ref = {case: ((d1 + refined_shift, h1), (d2, h2)) for case, ((d1, h1), (d2, h2)) in seg.items()}
+        _summary(fold / "validation_segmentor", seg)
+        _summary(fold / "validation_refined_1steps", ref)
+        (fold / "hidiff_fold.json").write_text(json.dumps({"decision": {"refine": refined_shift > 0, "steps": 1},
+                                                           "seconds_per_iteration": 1.0}))
+    env = dict(os.environ, nnUNet_results=str(results))
+    args = ["-d", "Dataset999_X", "-p", plans, "-f", "0", "nnUNetTrainerHiDiff_a", "nnUNetTrainerHiDiff_b"]
+    out = run_script("paired_runs.py", args, env).stdout
+    lines = out.splitlines()
+    # the foreground mean is the mean over classes: (0.5 + 0.7) / 2 = 0.6, HD95 (2 + 4) / 2 = 3
+    assert sum("validation_segmentor         Dice 0.6000 HD95 3.000" in line for line in lines) == 2
+    assert any("validation_refined_1steps    Dice 0.6500" in line and "vs segmentor +0.0500 (better 3/3, worse 0"
+               in line for line in lines)
+    assert any("validation_refined_1steps    Dice 0.5500" in line and "vs segmentor -0.0500 (better 0/3, worse 3"
+               in line for line in lines)
+    assert any("nnUNetTrainerHiDiff_b − nnUNetTrainerHiDiff_a, validation_refined_1steps: -0.1000 (better 0/3, worse 3"
+               in line for line in lines)
+    missing = run_script("paired_runs.py", ["-d", "Dataset999_X", "-p", plans, "-f", "1", "nnUNetTrainerHiDiff_a"],
+                         env, expect_rc=1)
+    assert "fold_1/hidiff_fold.json: missing" in missing.stderr and "Traceback" not in missing.stderr

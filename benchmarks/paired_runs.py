@@ -1,0 +1,88 @@
+"""Per-case comparison of HiDiff runs of one fold, read from the validation folders the trainer writes.
+
+    python benchmarks/paired_runs.py -d 901 -p nnUNetPlans_hidiffCPU -f 0 \\
+        nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500 nnUNetTrainerHiDiff_w8_joint_bce1_res_oof_cpuWarm500
+
+For each run: the foreground Dice / HD95 (mean over classes per case, then over cases, as nnU-Net's
+``foreground_mean``) of its segmentor alone and of each refined output (``validation_refined_{1,2,5}steps``,
+``validation_refined``), and refined − segmentor per case (mean, cases better / worse, Wilcoxon signed-rank p).
+With two runs, also run 2 − run 1 on each output (meaningful when both warm-start from the same checkpoint, so
+that the only difference is the trainer's configuration). Numbers only, no asserts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+FOLDERS = ("validation_segmentor", "validation_refined_1steps", "validation_refined_2steps",
+           "validation_refined_5steps", "validation_refined")
+
+
+def per_case(summary: Path, metric: str) -> Dict[str, float]:
+    """{case file: mean over classes of ``metric``} from an nnU-Net summary.json."""
+    try:
+        cases = json.loads(summary.read_text())["metric_per_case"]
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"{summary}: not a readable nnU-Net summary.json ({e})")
+    return {Path(c["reference_file"]).name: float(np.nanmean([c["metrics"][k][metric] for k in sorted(c["metrics"])]))
+            for c in cases}
+
+
+def paired(a: Dict[str, float], b: Dict[str, float]) -> str:
+    """b − a over the cases where both are finite."""
+    keys = [k for k in a if np.isfinite(a[k]) and np.isfinite(b.get(k, np.nan))]
+    if not keys:
+        return "no finite pairs"
+    d = np.array([b[k] - a[k] for k in keys])
+    p = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
+    return f"{d.mean():+.4f} (better {int((d > 0).sum())}/{len(d)}, worse {int((d < 0).sum())}, Wilcoxon p={p:.2g})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-d", required=True, help="dataset id or name (folder under nnUNet_results)")
+    ap.add_argument("-p", default="nnUNetPlans")
+    ap.add_argument("-c", default="2d")
+    ap.add_argument("-f", required=True, help="fold")
+    ap.add_argument("trainers", nargs="+")
+    args = ap.parse_args()
+    results = os.environ.get("nnUNet_results")
+    if not results:
+        sys.exit("nnUNet_results is not set")
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    dataset = maybe_convert_to_dataset_name(args.d)
+    data = {}
+    for tr in args.trainers:
+        fold = Path(results) / dataset / f"{tr}__{args.p}__{args.c}" / f"fold_{args.f}"
+        record = fold / "hidiff_fold.json"
+        if not record.is_file():
+            sys.exit(f"{record}: missing (not a finished HiDiff fold)")
+        rec = json.loads(record.read_text())
+        decision = rec.get("decision", {})
+        print(f"== {tr} fold {args.f}: decided refine={decision.get('refine')} steps={decision.get('steps')}, "
+              f"{rec.get('seconds_per_iteration')} s/iteration")
+        for name in FOLDERS:
+            if not (fold / name / "summary.json").is_file():
+                continue
+            dice, hd = per_case(fold / name / "summary.json", "Dice"), per_case(fold / name / "summary.json", "HD95")
+            data[(tr, name)] = dice
+            line = f"  {name:28s} Dice {np.nanmean(list(dice.values())):.4f} HD95 {np.nanmean(list(hd.values())):.3f}"
+            if name != FOLDERS[0] and (tr, FOLDERS[0]) in data:
+                line += "  vs segmentor " + paired(data[(tr, FOLDERS[0])], dice)
+            print(line)
+    if len(args.trainers) == 2:
+        a, b = args.trainers
+        for name in FOLDERS:
+            if (a, name) in data and (b, name) in data:
+                print(f"  {b} − {a}, {name}: {paired(data[(a, name)], data[(b, name)])}")
+
+
+if __name__ == "__main__":
+    main()
