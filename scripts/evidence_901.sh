@@ -13,7 +13,8 @@
 #      head (nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500, _real_w8_joint_bce1_res_cpuWarm500; the per-fold
 #      decision is made on validation), and with out-of-fold priors (_w8_joint_bce1_res_oof_cpuWarm500: needs the
 #      baselines of all 5 folds, skipped until they exist);
-#   5. HiDiff binary from scratch with the same 1750 iterations (nnUNetTrainerHiDiff_cpu1750);
+#   5. HiDiff binary from scratch with the same 1750 iterations and the warm runs' configuration
+#      (nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750; the paper's configuration is nnUNetTrainerHiDiff_cpu1750);
 #   6. one collection of all four trainers into benchmark_results/Dataset901_Hippocampus_issue12/;
 #   7. the sampler ablation with ε̂ reliability on the warm-started binary folds (benchmarks/sampler_ablation.py).
 # On a 2-core machine run one training at a time: two nnU-Net trainings side by side took 600-740 s per 901 epoch
@@ -61,13 +62,13 @@ else
 fi
 step "HiDiff from scratch, 1750 iterations"
 env -u nnUNet_HiDiff_pretrained_segmentor "$BIN/nnunetv2_hidiff_benchmark" -d 901 -p "$PLANS" -np 1 \
-  --allow-unequal-budgets --folds "${FOLDS[@]}" --trainers "$BASE" nnUNetTrainerHiDiff_cpu1750 -o "$OUT/scratch"
+  --allow-unequal-budgets --folds "${FOLDS[@]}" --trainers "$BASE" nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750 -o "$OUT/scratch"
 step "collection of all trainers"
 "$BIN/nnunetv2_hidiff_benchmark" -d 901 -p "$PLANS" -np 1 --allow-unequal-budgets --collect-only \
   --folds "${FOLDS[@]}" -o "$OUT" \
   --trainers "$BASE" nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500 \
   nnUNetTrainerHiDiff_real_w8_joint_bce1_res_cpuWarm500 nnUNetTrainerHiDiff_w8_joint_bce1_res_oof_cpuWarm500 \
-  nnUNetTrainerHiDiff_cpu1750
+  nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750
 step "sampler ablation"
 "$BIN/python" benchmarks/sampler_ablation.py -d 901 -p "$PLANS" -tr nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500 \
   --folds "${FOLDS[@]}" --cases 8 --hd95 --json "$OUT/sampler_ablation.json" | tee "$OUT/sampler_ablation.txt"

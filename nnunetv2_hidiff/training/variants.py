@@ -211,6 +211,12 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_res_priorTemp3_cpuWarm500(nnUNetTrainerH
     prior_temperature_max = 3.0  # the training-prior ablation (issue 12): softened priors, errors at the boundaries
 
 
+class nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
+    """From scratch, the same 1750 iterations as nnUNetTrainerBaseline_5epochs + _cpuWarm500 (the default 16 %
+    segmentor warm-up: 11 of 70 epochs); run without nnUNet_HiDiff_pretrained_segmentor."""
+    budget_epochs, warmup_epochs = 70, None
+
+
 class nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm2000(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
     budget_epochs = 80  # 4x the refiner iterations: does a longer run learn corrections, or stay the identity?
 
