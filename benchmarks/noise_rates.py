@@ -173,7 +173,8 @@ def _row(label: str, r: dict) -> str:
     def per(key):
         return " / ".join(f"{v:.4f}" for v in r[key + "_per_class"]) + f" ({r[key]:.4f})"
 
-    return (f"{label:46s} {r['pixels']:>10d}  {per('mean_abs_diff'):34s} {per('noise_rate'):34s} "
+    # pixels: an int per fold; in the mean over folds a float when the folds' counts differ (rounded here)
+    return (f"{label:46s} {round(r['pixels']):>10d}  {per('mean_abs_diff'):34s} {per('noise_rate'):34s} "
             f"{per('wrong_share'):34s} {r['argmax_error_share']:.4f}")
 
 

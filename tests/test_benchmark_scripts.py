@@ -339,3 +339,28 @@ def test_paired_runs_compares_outputs_within_and_between_runs(tmp_path):
     missing = run_script("paired_runs.py", ["-d", "Dataset999_X", "-p", plans, "-f", "1", "nnUNetTrainerHiDiff_a"],
                          env, expect_rc=1)
     assert "fold_1/hidiff_fold.json: missing" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_noise_rates_reports_a_mean_over_folds_with_unequal_pixel_counts(capsys):
+    """The mean over folds of two folds with different numbers of validation slices has a fractional pixel count;
+    the report prints it rounded instead of failing (it crashed on 901 folds 0 and 1, 2026-12-03)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import noise_rates
+        from _fold_data import mean_over_folds
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def fold(pixels, rate):
+        r = {"pixels": pixels, "argmax_error_share": rate}
+        for key in ("mean_abs_diff", "noise_rate", "wrong_share"):
+            r[key], r[key + "_per_class"] = rate, [rate, rate]
+        return {"class_names": ["background", "x"], "num_diffusion_steps": 10, "mean_one_minus_alpha_bar": 0.5,
+                "validation": r, "training": [dict(r, label="plain softmax", pixels=100)]}
+
+    mean = mean_over_folds([fold(101, 0.01), fold(104, 0.03)])
+    assert mean["validation"]["pixels"] == 102.5
+    noise_rates.report(mean, "mean over folds [0, 1]")
+    out = capsys.readouterr().out
+    assert "validation (eval mode, softmax)" in out and " 102 " in out and "0.0200 / 0.0200 (0.0200)" in out
+    assert "plain softmax 1.00" in out
