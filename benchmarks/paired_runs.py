@@ -19,30 +19,32 @@ from pathlib import Path
 from typing import Dict
 
 import numpy as np
-from scipy.stats import wilcoxon
+
+from nnunetv2_hidiff.benchmark.report_base import fmt_p
+from nnunetv2_hidiff.benchmark.stats import paired_differences, wilcoxon_paired
 
 FOLDERS = ("validation_segmentor", "validation_refined_1steps", "validation_refined_2steps",
            "validation_refined_5steps", "validation_refined")
 
 
-def per_case(summary: Path, metric: str) -> Dict[str, float]:
-    """{case file: mean over classes of ``metric``} from an nnU-Net summary.json."""
+def per_case(summary: Path) -> Dict[str, Dict[str, float]]:
+    """{metric: {case file: mean over classes}} for Dice and HD95 from an nnU-Net summary.json."""
     try:
         cases = json.loads(summary.read_text())["metric_per_case"]
     except (OSError, ValueError, KeyError) as e:
         sys.exit(f"{summary}: not a readable nnU-Net summary.json ({e})")
-    return {Path(c["reference_file"]).name: float(np.nanmean([c["metrics"][k][metric] for k in sorted(c["metrics"])]))
-            for c in cases}
+    return {metric: {Path(c["reference_file"]).name:
+                     float(np.nanmean([c["metrics"][k][metric] for k in sorted(c["metrics"])])) for c in cases}
+            for metric in ("Dice", "HD95")}
 
 
 def paired(a: Dict[str, float], b: Dict[str, float]) -> str:
-    """b − a over the cases where both are finite."""
-    keys = [k for k in a if np.isfinite(a[k]) and np.isfinite(b.get(k, np.nan))]
-    if not keys:
+    """b − a over the cases where both are finite (the benchmark's own pairing and Wilcoxon test)."""
+    _, d = paired_differences(a, b)
+    if not d.size:
         return "no finite pairs"
-    d = np.array([b[k] - a[k] for k in keys])
-    p = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
-    return f"{d.mean():+.4f} (better {int((d > 0).sum())}/{len(d)}, worse {int((d < 0).sum())}, Wilcoxon p={p:.2g})"
+    return (f"{d.mean():+.4f} (better {int((d > 0).sum())}/{d.size}, worse {int((d < 0).sum())}, "
+            f"Wilcoxon p={fmt_p(wilcoxon_paired(a, b))})")
 
 
 def main() -> None:
@@ -71,7 +73,8 @@ def main() -> None:
         for name in FOLDERS:
             if not (fold / name / "summary.json").is_file():
                 continue
-            dice, hd = per_case(fold / name / "summary.json", "Dice"), per_case(fold / name / "summary.json", "HD95")
+            metrics = per_case(fold / name / "summary.json")
+            dice, hd = metrics["Dice"], metrics["HD95"]
             data[(tr, name)] = dice
             line = f"  {name:28s} Dice {np.nanmean(list(dice.values())):.4f} HD95 {np.nanmean(list(hd.values())):.3f}"
             if name != FOLDERS[0] and (tr, FOLDERS[0]) in data:
