@@ -342,6 +342,7 @@ def test_pseudo_dice_is_the_segmentors_in_every_epoch(trainer):
                                                   ("nnUNetTrainerHiDiff_cpu1750", (70, 25, 5), 11),
                                                   ("nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500", (20, 25, 5), 0),
                                                   ("nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm2000", (80, 25, 5), 0),
+                                                  ("nnUNetTrainerHiDiff_w8_joint_bce1_res_clean_cpuWarm500", (20, 25, 5), 0),
                                                   ("nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750", (70, 25, 5), 11),
                                                   ("nnUNetTrainerHiDiff_joint_bce1_res_cpuWarm500", (20, 25, 5), 0)])
 def test_issue12_protocol_variants(nnunet_paths, name, budget, warmup):

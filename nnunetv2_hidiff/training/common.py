@@ -37,6 +37,27 @@ def check_supported(name: str, plans: dict, configuration: str, dataset_json: di
             f"target y0 needs a class for every pixel.")
 
 
+# class attributes of the HiDiff trainer that take one of a few values
+CHOICES = {"segmentor_optimizer": ("sgd", "adamw"), "refiner_batches": ("augmented", "clean")}
+
+
+def check_choices(trainer) -> None:
+    for name, allowed in CHOICES.items():
+        value = getattr(trainer, name)
+        if value not in allowed:
+            raise HiDiffConfigurationError(f"{type(trainer).__name__}.{name} must be one of {allowed}, got {value!r}")
+
+
+def start_message(trainer) -> str:
+    """The training log's line with the HiDiff configuration (for people; programs read the fold record)."""
+    t = trainer
+    return (f"HiDiff: {t.hidiff_config()}, λ_diff={t.lambda_diff}, λ_focal={t.lambda_focal}, γ={t.focal_gamma}, "
+            f"alternate={t.alternate_training}, joint={t.joint_step}, segmentor optimiser={t.segmentor_optimizer}, "
+            f"prior τ_max={t.prior_temperature_max}, prior logit noise={t.prior_logit_noise}, out-of-fold "
+            f"priors={t.oof_priors.sources if t.oof_priors else None}, refiner batches={t.refiner_batches}, "
+            f"warm-up epochs={t.num_warmup_epochs}, refiner EMA={t.refiner_ema_decay}")
+
+
 class StepStatus(enum.Enum):
     """What an optimizer step did; only OK is truthy. OVERFLOW: the loss was finite but the grad scaler found
     inf/NaN in the scaled gradients (mixed precision's normal way to lower its scale), NONFINITE: anything else."""

@@ -35,9 +35,10 @@ from nnunetv2_hidiff.networks import SegmentorOutput, build_hidiff_network
 
 from .checkpointing import (build_checkpoint, load_whole_segmentor, read_checkpoint, restore_checkpoint,
                             unwrap_and_compile)
-from .common import (HiDiffConfigurationError, apply_budget, apply_inference_mirroring, check_supported,
-                     optimizer_step, perturbed_prior, pseudo_dice_counts, record_epoch_time, start_epoch_timer,
-                     track_nonfinite, write_start_record)
+from .clean_batches import clean_train_step, clean_training_batches
+from .common import (HiDiffConfigurationError, apply_budget, apply_inference_mirroring, check_choices,  # noqa: F401
+                     check_supported, optimizer_step, perturbed_prior, pseudo_dice_counts, record_epoch_time,
+                     start_epoch_timer, start_message, track_nonfinite, write_start_record)
 from .distributed import gathered, rank_seed, use_cpu_when_no_cuda, wrap_networks
 from .ema import ModelEMA
 from .fold_record import update_fold_record
@@ -77,6 +78,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     prior_logit_noise = 0.0
     # the refiner learns from the plain nnU-Net folds that left each case out (oof_priors.py); None = off
     oof_prior_trainer: Optional[str] = None
+    refiner_batches = "augmented"  # "clean": the refiner learns on unaugmented training batches (clean_batches.py)
     # the per-fold decision after validation (validation.py): extra step counts to try besides the default,
     # and the Dice gain refinement must bring
     decision_extra_steps: Tuple[int, ...] = (1, 2, 5)
@@ -107,9 +109,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         # refuse before nnU-Net's __init__, which creates the fold's output folder and a log file
         check_supported(self.__class__.__name__, plans, configuration, dataset_json)
-        if self.segmentor_optimizer not in ("sgd", "adamw"):
-            raise HiDiffConfigurationError(f"segmentor_optimizer must be 'sgd' or 'adamw', got "
-                                           f"{self.segmentor_optimizer!r}")
+        check_choices(self)  # segmentor_optimizer, refiner_batches
         super().__init__(plans, configuration, fold, dataset_json, device)
         use_cpu_when_no_cuda(self)  # DDP (-num_gpus) on a CPU process group: the tests' gloo runs
         if self.segmentor_optimizer == "adamw":  # else nnU-Net's initial_lr 1e-2 and weight_decay 3e-5
@@ -130,6 +130,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         self.warm_start_source: Optional[str] = None
         self.validated_checkpoint: Optional[str] = None  # the file --val/--val_best loaded
         self.oof_priors: Optional[OutOfFoldPriors] = None  # loaded in on_train_start when configured
+        self.clean_batches = None  # unaugmented training batches for the refiner (clean_batches.py)
 
     # ------------------------------------------------------------------ set-up
     def hidiff_config(self) -> dict:
@@ -217,12 +218,8 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         write_start_record(self, "hidiff", self.warm_start_source, self.num_warmup_epochs)
         template = oof_template(self)
         self.oof_priors = OutOfFoldPriors.load(self, template) if template else None  # named in the fold record
-        self.print_to_log_file(f"HiDiff: {self.hidiff_config()}, λ_diff={self.lambda_diff}, "
-                               f"λ_focal={self.lambda_focal}, γ={self.focal_gamma}, alternate={self.alternate_training}, "
-                               f"segmentor optimiser={self.segmentor_optimizer}, prior τ_max="
-                               f"{self.prior_temperature_max}, prior logit noise={self.prior_logit_noise}, out-of-fold "
-                               f"priors={self.oof_priors.sources if self.oof_priors else None}, "
-                               f"warm-up epochs={self.num_warmup_epochs}, refiner EMA={self.refiner_ema_decay}")
+        self.clean_batches = clean_training_batches(self)  # None unless refiner_batches = "clean"
+        self.print_to_log_file(start_message(self))
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -306,10 +303,13 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         data, target = self._to_device(batch)
-        nan = float("nan")
-        out = {"loss": nan, "refiner_loss": nan, "refiner_kl": nan, "refiner_focal": nan, "skipped": 0}
-        s = self.prepare_diffusion(data, target, batch.get("keys")) if self.diffusion_active() else None
-        if s is None:  # warm-up: nnU-Net's own step on L_disc, with our optimizer
+        out = {**dict.fromkeys(("loss", "refiner_loss", "refiner_kl", "refiner_focal"), float("nan")), "skipped": 0}
+        clean = self.clean_batches is not None and self.diffusion_active()
+        s = self.prepare_diffusion(data, target, batch.get("keys")) if self.diffusion_active() and not clean else None
+        if clean:  # segmentor: nnU-Net's step; refiner: an unaugmented batch (clean_batches.py)
+            out.update(clean_train_step(self, data, target))
+            ok = out.pop("ok")
+        elif s is None:  # warm-up: nnU-Net's own step on L_disc, with our optimizer
             with self._autocast():
                 l_disc = self.loss(self._segment(data).logits, target)
             ok = optimizer_step(l_disc, self.optimizer, self.hidiff.segmentor, self.grad_scaler)

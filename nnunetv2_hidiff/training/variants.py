@@ -207,6 +207,12 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_res_oof_cpuWarm500(nnUNetTrainerHiDiff_w
     oof_prior_trainer = "nnUNetTrainerBaseline_5epochs"
 
 
+class nnUNetTrainerHiDiff_w8_joint_bce1_res_clean_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
+    """The refiner learns on unaugmented batches of the training cases (clean_batches.py); the segmentor keeps
+    training on nnU-Net's augmented batches, on L_disc alone."""
+    refiner_batches = "clean"
+
+
 class nnUNetTrainerHiDiff_w8_joint_bce1_res_priorTemp3_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
     prior_temperature_max = 3.0  # the training-prior ablation (issue 12): softened priors, errors at the boundaries
 
