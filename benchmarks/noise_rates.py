@@ -22,8 +22,10 @@ prior_logit_noise perturbation), with the plain softmax, with the out-of-fold pr
 with every ``--temperature-max`` ×
 ``--logit-noise`` setting of ``perturbed_prior`` (the same batches and logits for all of them), and on (b)
 the 2d slices of the first ``--cases`` validation cases (centre-cropped/padded to the patch; segmentor in
-eval mode, plain softmax: what the refiner meets in prediction). Pick the setting whose training noise rate
-matches validation.
+eval mode, plain softmax: what the refiner meets in prediction), and on (c) as many unaugmented batches of
+the training cases (nnU-Net's validation-batch loader over the training split, segmentor in eval mode: what
+``refiner_batches = "clean"`` trains the refiner on). Pick the setting whose training noise rate matches
+validation.
 
 The model is the fold's ``checkpoint_final.pth``, or, with ``--segmentor-checkpoint PATH`` (``{fold}`` in
 PATH is replaced by the fold), a plain nnU-Net checkpoint whose ``network_weights`` are loaded into the HiDiff
@@ -158,6 +160,21 @@ def run_fold(args, fold: int, device: torch.device) -> dict:
                 finish()
         net.segmentor.load_state_dict(state)
         net.eval()
+    # (c) the same number of unaugmented batches of the training cases (refiner_batches = "clean"): nnU-Net's
+    # validation-batch loader over the training split, segmentor in eval mode, plain softmax
+    from nnunetv2_hidiff.training.clean_batches import unaugmented_training_loader
+
+    clean = NoiseStats(K)
+    loader = unaugmented_training_loader(tr)
+    with torch.no_grad():
+        for _ in range(args.batches):
+            batch = next(loader)
+            data_b, target = tr._to_device(batch)
+            labels = (target[0] if isinstance(target, list) else target)[:, 0].long().clamp(min=0)
+            with tr._autocast():
+                logits = net.top_logits(net.segment(data_b).logits)
+            clean.add(torch.softmax(logits.float(), 1), labels)
+    tr.set_deep_supervision_enabled(False)
     return {"fold": fold, "cases": data["cases"], "slices": int(data["x"].shape[0]),
             "class_names": [names.get(c, str(c)) for c in range(K)], "num_diffusion_steps": net.diffusion.num_steps,
             "mean_one_minus_alpha_bar": float(np.mean(one_minus)),
@@ -165,6 +182,7 @@ def run_fold(args, fold: int, device: torch.device) -> dict:
             "validation": val.result(one_minus),
             "training": [{"label": label, "kind": kind, "temperature_max": tm, "logit_noise": ln,
                           **s.result(one_minus)} for s, (label, kind, tm, ln) in zip(stats, settings)],
+            "training_unaugmented": clean.result(one_minus),
             "training_batches": args.batches, "batch_size": batch_size, "patch": patch,
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -185,11 +203,15 @@ def report(res: dict, title: str) -> None:
     print(f"{'source':46s} {'pixels':>10s}  {'mean |p − y0|':34s} {'noise rate (1 − ᾱ_t)|p − y0|':34s} "
           f"{'share |p − y0| > 0.5':34s} argmax errors")
     print(_row("validation (eval mode, softmax)", res["validation"]))
-    for r in res["training"]:
-        print(_row(f"training: {r['label']}", r))
+    rows = [(f"training: {r['label']}", r) for r in res["training"]]
+    if "training_unaugmented" in res:
+        rows.append(("training cases unaugmented (eval, softmax)", res["training_unaugmented"]))
+    for label, r in rows:
+        print(_row(label, r))
     v = res["validation"]["noise_rate"]
     print("training noise rate / validation noise rate: " + ", ".join(
-        f"{r['label']} {r['noise_rate'] / v:.2f}" if v > 0 else f"{r['label']} n/a" for r in res["training"]))
+        f"{label.removeprefix('training: ')} {r['noise_rate'] / v:.2f}" if v > 0 else f"{label} n/a"
+        for label, r in rows))
 
 
 def main(argv=None) -> None:

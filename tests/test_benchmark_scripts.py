@@ -201,7 +201,9 @@ def test_noise_rates_json_and_segmentor_checkpoint(trained, recomputed, tmp_path
     rows = result["training"]
     assert [(r["kind"], r["temperature_max"], r["logit_noise"]) for r in rows] == [
         ("trainer", 2.0, 0.5), ("plain", 1.0, 0.0), ("grid", 1.0, 0.0), ("grid", 3.0, 0.0)]
-    for r in [val, *rows]:
+    unaugmented = result["training_unaugmented"]  # refiner_batches = "clean": the training cases, no augmentation
+    assert "training cases unaugmented (eval, softmax)" in proc.stdout
+    for r in [val, *rows, unaugmented]:
         for key in ("mean_abs_diff", "noise_rate", "wrong_share", "argmax_error_share"):
             assert in_unit(r[key])
         for key in ("mean_abs_diff_per_class", "noise_rate_per_class", "wrong_share_per_class", "class_share"):
@@ -209,7 +211,7 @@ def test_noise_rates_json_and_segmentor_checkpoint(trained, recomputed, tmp_path
         assert math.isclose(r["noise_rate"], c * r["mean_abs_diff"], rel_tol=1e-9)
         assert len(r["noise_rate_per_t"]) == T and math.isclose(np.mean(r["noise_rate_per_t"]), r["noise_rate"])
         assert math.isclose(sum(r["class_share"]), 1.0)
-    for r in rows:
+    for r in [*rows, unaugmented]:
         assert r["pixels"] == 2 * 2 * PATCH[0] * PATCH[1]  # 2 batches of the plan's batch size 2
     plain, grid_plain = rows[1], rows[2]
     assert plain["mean_abs_diff_per_class"] == grid_plain["mean_abs_diff_per_class"]  # same batches and logits

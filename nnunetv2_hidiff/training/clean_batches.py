@@ -30,6 +30,14 @@ def clean_training_batches(trainer):
     check_choices(trainer)
     if trainer.refiner_batches != "clean":
         return None
+    if trainer.local_rank == 0:  # what the benchmark and users read (fold_record.py)
+        update_fold_record(trainer.output_folder, refiner_batches="clean")
+    return unaugmented_training_loader(trainer)
+
+
+def unaugmented_training_loader(trainer):
+    """nnU-Net's validation-batch loader (validation transforms, the plan's patch, foreground oversampling) over
+    the fold's training cases; also what benchmarks/noise_rates.py measures."""
     from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
     lm = trainer.label_manager
@@ -43,8 +51,6 @@ def clean_training_batches(trainer):
                               oversample_foreground_percent=trainer.oversample_foreground_percent,
                               sampling_probabilities=None, pad_sides=None, transforms=transforms,
                               probabilistic_oversampling=trainer.probabilistic_oversampling)
-    if trainer.local_rank == 0:  # what the benchmark and users read (fold_record.py)
-        update_fold_record(trainer.output_folder, refiner_batches="clean")
     return SingleThreadedAugmenter(loader, None)  # loading 2d slices without augmentation is cheap
 
 
