@@ -11,11 +11,12 @@
 #   3. noise rates of the baseline segmentors: training batches vs validation cases (benchmarks/noise_rates.py);
 #   4. HiDiff binary and real-valued, 20 x 25 iterations warm-started from each fold's baseline, with the residual
 #      head (nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500, _real_w8_joint_bce1_res_cpuWarm500; the per-fold
-#      decision is made on validation), and with out-of-fold priors (_w8_joint_bce1_res_oof_cpuWarm500: needs the
-#      baselines of all 5 folds, skipped until they exist);
+#      decision is made on validation), with unaugmented refiner batches (_w8_joint_bce1_res_clean_cpuWarm500), and
+#      with out-of-fold priors (_w8_joint_bce1_res_oof_cpuWarm500: needs the baselines of all 5 folds, skipped until
+#      they exist);
 #   5. HiDiff binary from scratch with the same 1750 iterations and the warm runs' configuration
 #      (nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750; the paper's configuration is nnUNetTrainerHiDiff_cpu1750);
-#   6. one collection of all four trainers into benchmark_results/Dataset901_Hippocampus_issue12/;
+#   6. one collection of all five HiDiff trainers and the baseline into benchmark_results/Dataset901_Hippocampus_issue12/;
 #   7. the sampler ablation with ε̂ reliability on the warm-started binary folds (benchmarks/sampler_ablation.py).
 # On a 2-core machine run one training at a time: two nnU-Net trainings side by side took 600-740 s per 901 epoch
 # each (2026-12-02), against about 160 s alone.
@@ -50,7 +51,7 @@ step "HiDiff warm-started from the baselines"
 nnUNet_HiDiff_pretrained_segmentor="$SEG" "$BIN/nnunetv2_hidiff_benchmark" -d 901 -p "$PLANS" -np 1 \
   --allow-unequal-budgets --folds "${FOLDS[@]}" \
   --trainers "$BASE" nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500 nnUNetTrainerHiDiff_real_w8_joint_bce1_res_cpuWarm500 \
-  -o "$OUT/warm"
+  nnUNetTrainerHiDiff_w8_joint_bce1_res_clean_cpuWarm500 -o "$OUT/warm"
 if [ "$(ls "$nnUNet_results"/Dataset901_Hippocampus/${BASE}__${PLANS}__2d/fold_{0,1,2,3,4}/checkpoint_final.pth \
         2>/dev/null | wc -l)" -eq 5 ]; then
   step "HiDiff with out-of-fold priors"
@@ -68,7 +69,7 @@ step "collection of all trainers"
   --folds "${FOLDS[@]}" -o "$OUT" \
   --trainers "$BASE" nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500 \
   nnUNetTrainerHiDiff_real_w8_joint_bce1_res_cpuWarm500 nnUNetTrainerHiDiff_w8_joint_bce1_res_oof_cpuWarm500 \
-  nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750
+  nnUNetTrainerHiDiff_w8_joint_bce1_res_clean_cpuWarm500 nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750
 step "sampler ablation"
 "$BIN/python" benchmarks/sampler_ablation.py -d 901 -p "$PLANS" -tr nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500 \
   --folds "${FOLDS[@]}" --cases 8 --hd95 --json "$OUT/sampler_ablation.json" | tee "$OUT/sampler_ablation.txt"
