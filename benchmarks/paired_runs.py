@@ -7,7 +7,8 @@ For each run: the foreground Dice / HD95 (mean over classes per case, then over 
 ``foreground_mean``) of its segmentor alone and of each refined output (``validation_refined_{1,2,5}steps``,
 ``validation_refined``), and refined − segmentor per case (mean, cases better / worse, Wilcoxon signed-rank p).
 With two runs, also run 2 − run 1 on each output (meaningful when both warm-start from the same checkpoint, so
-that the only difference is the trainer's configuration). Numbers only, no asserts.
+that the only difference is the trainer's configuration, or, for two runs of one trainer, chance). A run is a trainer
+name (its fold under nnUNet_results) or the path of a fold folder. Numbers only, no asserts.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def main() -> None:
     ap.add_argument("-p", default="nnUNetPlans")
     ap.add_argument("-c", default="2d")
     ap.add_argument("-f", required=True, help="fold")
-    ap.add_argument("trainers", nargs="+")
+    ap.add_argument("trainers", nargs="+", help="trainer names, or fold folders (e.g. an earlier run moved aside)")
     args = ap.parse_args()
     results = os.environ.get("nnUNet_results")
     if not results:
@@ -62,7 +63,9 @@ def main() -> None:
     dataset = maybe_convert_to_dataset_name(args.d)
     data = {}
     for tr in args.trainers:
-        fold = Path(results) / dataset / f"{tr}__{args.p}__{args.c}" / f"fold_{args.f}"
+        # a trainer name, or the path of a fold folder (two runs of one trainer: move the first run's fold aside)
+        fold = (Path(tr) if Path(tr).is_dir()
+                else Path(results) / dataset / f"{tr}__{args.p}__{args.c}" / f"fold_{args.f}")
         record = fold / "hidiff_fold.json"
         if not record.is_file():
             sys.exit(f"{record}: missing (not a finished HiDiff fold)")

@@ -338,7 +338,12 @@ def test_paired_runs_compares_outputs_within_and_between_runs(tmp_path):
                in line for line in lines)
     assert any("nnUNetTrainerHiDiff_b − nnUNetTrainerHiDiff_a, validation_refined_1steps: -0.1000 (better 0/3, worse 3"
                in line for line in lines)
-    missing = run_script("paired_runs.py", ["-d", "Dataset999_X", "-p", plans, "-f", "1", "nnUNetTrainerHiDiff_a"],
+    # a fold folder instead of a trainer name: two runs of one trainer
+    moved = tmp_path / "run1_fold0"
+    (results / "Dataset999_X" / f"nnUNetTrainerHiDiff_b__{plans}__2d" / "fold_0").rename(moved)
+    out = run_script("paired_runs.py", [*args[:-1], str(moved)], env).stdout
+    assert f"{moved} − nnUNetTrainerHiDiff_a, validation_refined_1steps: -0.1000 (better 0/3, worse 3" \
+        in out    missing = run_script("paired_runs.py", ["-d", "Dataset999_X", "-p", plans, "-f", "1", "nnUNetTrainerHiDiff_a"],
                          env, expect_rc=1)
     assert "fold_1/hidiff_fold.json: missing" in missing.stderr and "Traceback" not in missing.stderr
 

@@ -25,7 +25,8 @@ def test_clean_batches_are_unaugmented_training_cases(nnunet_paths):
     patch = tuple(tr.configuration_manager.patch_size)
     for _ in range(3):
         batch = next(loader)
-        assert set(batch["keys"]) <= set(dataset_tr.identifiers) and not set(batch["keys"]) & set(dataset_val.identifiers)
+        keys = set(batch["keys"])
+        assert keys <= set(dataset_tr.identifiers) and not keys & set(dataset_val.identifiers)
         assert tuple(batch["data"].shape) == (tr.batch_size, 1, *patch)
         assert isinstance(batch["target"], list)  # deep-supervision targets, as the training batches
         for i, key in enumerate(batch["keys"]):
