@@ -343,7 +343,8 @@ def test_paired_runs_compares_outputs_within_and_between_runs(tmp_path):
     (results / "Dataset999_X" / f"nnUNetTrainerHiDiff_b__{plans}__2d" / "fold_0").rename(moved)
     out = run_script("paired_runs.py", [*args[:-1], str(moved)], env).stdout
     assert f"{moved} − nnUNetTrainerHiDiff_a, validation_refined_1steps: -0.1000 (better 0/3, worse 3" \
-        in out    missing = run_script("paired_runs.py", ["-d", "Dataset999_X", "-p", plans, "-f", "1", "nnUNetTrainerHiDiff_a"],
+        in out
+    missing = run_script("paired_runs.py", ["-d", "Dataset999_X", "-p", plans, "-f", "1", "nnUNetTrainerHiDiff_a"],
                          env, expect_rc=1)
     assert "fold_1/hidiff_fold.json: missing" in missing.stderr and "Traceback" not in missing.stderr
 
