@@ -72,6 +72,30 @@ def test_clean_step_trains_the_segmentor_like_nnunet_and_the_refiner_on_the_clea
     assert len(seen) == 1
 
 
+def test_clean_step_reports_overflows_and_bad_clean_batches(nnunet_paths, monkeypatch):
+    """A grad-scaler overflow in the clean step counts as an overflow (CUDA mixed precision's normal business), not
+    as a non-finite step; a clean batch with NaN is skipped (refiner unchanged) and counted."""
+    from nnunetv2_hidiff.training import clean_batches
+    from nnunetv2_hidiff.training.common import StepStatus
+
+    tr = make_trainer(CLEAN)
+    tr.initialize()
+    tr.network = tr.hidiff
+    tr.hidiff.train()
+    monkeypatch.setattr(clean_batches, "optimizer_step", lambda *a, **k: StepStatus.OVERFLOW)
+    tr.clean_batches = iter([make_batch(tr, seed=13)])
+    assert tr.train_step(make_batch(tr, seed=14))["skipped"] == 1
+    assert (tr.overflow_in_a_row, tr.nonfinite_in_a_row) == (1, 0)
+    monkeypatch.undo()
+    bad = make_batch(tr, seed=15)
+    bad["data"][0, 0, 0, 0] = float("nan")
+    tr.clean_batches = iter([bad])
+    ref0 = snapshot(tr.hidiff.refiner)
+    out = tr.train_step(make_batch(tr, seed=16))
+    assert out["skipped"] == 1 and tr.nonfinite_in_a_row == 1 and np.isnan(out["refiner_loss"])
+    assert not changed(ref0, tr.hidiff.refiner)
+
+
 def test_unknown_choices_are_refused():
     from nnunetv2_hidiff.training.common import check_choices
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
-from .common import check_choices, optimizer_step
+from .common import StepStatus, check_choices, optimizer_step
 from .fold_record import update_fold_record
 
 
@@ -68,7 +68,7 @@ def clean_train_step(trainer, data, target) -> dict:
             s = trainer.prepare_diffusion(clean_data, clean_target, batch.get("keys"))
     finally:
         segmentor.train()
-    ok_ref = False  # a clean batch with a non-finite loss (a bad case) is skipped and counted
+    ok_ref = StepStatus.NONFINITE  # a clean batch with a non-finite loss (a bad case) is skipped and counted
     if torch.isfinite(s["l_disc"]):
         l_ref, ok_ref = trainer.refiner_step(clean_data, s)
         out.update(refiner_loss=float(l_ref.total.detach()), refiner_kl=float(l_ref.kl.detach()),
@@ -77,4 +77,5 @@ def clean_train_step(trainer, data, target) -> dict:
         l_disc = trainer.loss(trainer._segment(data).logits, target)
     ok_seg = optimizer_step(l_disc, trainer.optimizer, segmentor, trainer.grad_scaler)
     out["loss"] = float(l_disc.detach())
-    return {**out, "ok": bool(ok_ref) and bool(ok_seg)}
+    # the first failed StepStatus, so that grad-scaler overflows (CUDA mixed precision) count as overflows
+    return {**out, "ok": ok_ref and ok_seg}
