@@ -7,6 +7,7 @@ The nnU-Net paths come from the environment (the tiny dataset of the tests). Mod
           with WORLD_SIZE 1 the same steps on the whole batch: the reference a DDP run must match
   steps   warmup, then HiDiff steps (refiner step, then segmentor step) on a fresh trainer, rank 1 getting a
           NaN batch once
+  clean   HiDiff steps of the refiner_batches = "clean" variant, rank 1 getting a NaN clean batch once
   train   nnU-Net's own route for fold 2: get_trainer_from_args, run_training, perform_actual_validation
 Each rank writes OUT_DIR/rank<r>.pt with what the test compares.
 """
@@ -57,6 +58,25 @@ def _steps(rank: int, world: int, warmup: bool) -> dict:
                 segmentor_wrapped=trainer.segmentor_ddp is not None, refiner_wrapped=trainer.refiner_ddp is not None)
 
 
+def _clean_steps(rank: int, world: int) -> dict:
+    """STEPS steps of the unaugmented-refiner-batch variant (refiner_batches = "clean"), rank 1's clean batch NaN once."""
+    from trainer_utils import make_batch, make_trainer
+
+    trainer = make_trainer("nnUNetTrainerHiDiff_w8_joint_bce1_res_clean_cpuWarm500")
+    trainer.initialize()
+    trainer.network = trainer.hidiff
+    trainer.hidiff.train()
+    clean = [_share(make_batch(trainer, seed=100 + step, batch_size=4), rank, world) for step in range(STEPS)]
+    if rank == 1:
+        clean[1]["data"] = clean[1]["data"] * float("nan")  # only this rank's clean batch is bad
+    trainer.clean_batches = iter(clean)
+    initial = _params(trainer.hidiff)
+    skipped = [trainer.train_step(_share(make_batch(trainer, seed=step, batch_size=4), rank, world))["skipped"]
+               for step in range(STEPS)]
+    return dict(initial=initial, final=_params(trainer.hidiff), skipped=skipped,
+                refiner_wrapped=trainer.refiner_ddp is not None)
+
+
 def run(rank: int, mode: str, world: int, out: str) -> None:
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world)
@@ -71,6 +91,8 @@ def run(rank: int, mode: str, world: int, out: str) -> None:
         trainer.perform_actual_validation(False)
         result.update(batch_size=trainer.batch_size, output_folder=trainer.output_folder,
                       is_ddp=trainer.is_ddp, device=str(trainer.device))
+    elif mode == "clean":
+        result["clean"] = _clean_steps(rank, world)
     else:
         result["warmup"] = _steps(rank, world, warmup=True)
         if mode == "steps":

@@ -62,6 +62,17 @@ def test_hidiff_steps_keep_every_rank_identical_and_skip_a_bad_batch_together(dd
     assert not torch.equal(r0["draws"][0], r1["draws"][0])  # each rank its own diffusion noise
 
 
+def test_clean_refiner_batches_keep_ranks_identical_and_skip_a_bad_clean_batch_together(tiny_nnunet, tmp_path):
+    """refiner_batches = "clean" under DDP: a NaN clean batch on one rank makes every rank skip the step (the refiner
+    step's decision is taken by all ranks together), and the ranks stay identical."""
+    r0, r1 = [r["clean"] for r in _run(tiny_nnunet, "clean", 2, tmp_path / "clean")]
+    assert r0["refiner_wrapped"]
+    assert r0["skipped"] == r1["skipped"] == [0, 1, 0]
+    _assert_same(r0["final"], r1["final"], rtol=0, atol=0)
+    changed = {k.split(".")[0] for k in r0["final"] if not torch.equal(r0["final"][k], r0["initial"][k])}
+    assert changed == {"segmentor", "refiner"}
+
+
 def test_nnunet_ddp_route_trains_validates_and_writes_once(nnunet_paths, tmp_path):
     """get_trainer_from_args + run_training + perform_actual_validation on two ranks, as nnU-Net's run_ddp:
     the plan's batch of 2 is split 1 + 1, rank 0 writes the checkpoint, both validation outputs and the

@@ -22,6 +22,7 @@ import torch
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
 from .common import StepStatus, check_choices, optimizer_step
+from .distributed import all_ranks
 from .fold_record import update_fold_record
 
 
@@ -68,8 +69,10 @@ def clean_train_step(trainer, data, target) -> dict:
             s = trainer.prepare_diffusion(clean_data, clean_target, batch.get("keys"))
     finally:
         segmentor.train()
-    ok_ref = StepStatus.NONFINITE  # a clean batch with a non-finite loss (a bad case) is skipped and counted
-    if torch.isfinite(s["l_disc"]):
+    # a clean batch with a non-finite loss (a bad case) is skipped and counted; under DDP by all ranks together, so
+    # that no rank waits in the refiner's all-reduce while another is in the segmentor's
+    ok_ref = StepStatus.NONFINITE
+    if all_ranks(bool(torch.isfinite(s["l_disc"])), clean_data.device):
         l_ref, ok_ref = trainer.refiner_step(clean_data, s)
         out.update(refiner_loss=float(l_ref.total.detach()), refiner_kl=float(l_ref.kl.detach()),
                    refiner_focal=float(l_ref.focal.detach()))
