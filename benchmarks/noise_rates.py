@@ -86,6 +86,15 @@ class NoiseStats:
                 "argmax_error_share": self.argmax_errors / n, "class_share": (self.frequency / n).tolist()}
 
 
+def _logits_and_labels(tr, batch: dict):
+    """(data, the segmentor's top logits, labels (B, h, w)) of one nnU-Net batch, in the network's current mode."""
+    data, target = tr._to_device(batch)
+    labels = (target[0] if isinstance(target, list) else target)[:, 0].long().clamp(min=0)
+    with tr._autocast():
+        logits = tr.hidiff.top_logits(tr.hidiff.segment(data).logits)
+    return data, logits, labels
+
+
 def run_fold(args, fold: int, device: torch.device) -> dict:
     from nnunetv2_hidiff.training.common import perturbed_prior
 
@@ -137,11 +146,8 @@ def run_fold(args, fold: int, device: torch.device) -> dict:
         with torch.no_grad():
             for _ in range(args.batches):
                 batch = next(dl_tr)
-                data_b, target = tr._to_device(batch)
-                labels = (target[0] if isinstance(target, list) else target)[:, 0].long().clamp(min=0)
+                data_b, logits, labels = _logits_and_labels(tr, batch)
                 batch_size, patch = int(data_b.shape[0]), list(data_b.shape[2:])
-                with tr._autocast():
-                    logits = net.top_logits(net.segment(data_b).logits)
                 for s, (_, kind, tm, ln) in zip(stats, settings):
                     if kind == "trainer":
                         prior = tr.training_prior(logits)
@@ -168,11 +174,7 @@ def run_fold(args, fold: int, device: torch.device) -> dict:
     loader = unaugmented_training_loader(tr)
     with torch.no_grad():
         for _ in range(args.batches):
-            batch = next(loader)
-            data_b, target = tr._to_device(batch)
-            labels = (target[0] if isinstance(target, list) else target)[:, 0].long().clamp(min=0)
-            with tr._autocast():
-                logits = net.top_logits(net.segment(data_b).logits)
+            _, logits, labels = _logits_and_labels(tr, next(loader))
             clean.add(torch.softmax(logits.float(), 1), labels)
     tr.set_deep_supervision_enabled(False)
     return {"fold": fold, "cases": data["cases"], "slices": int(data["x"].shape[0]),
