@@ -372,3 +372,32 @@ def test_noise_rates_reports_a_mean_over_folds_with_unequal_pixel_counts(capsys)
     out = capsys.readouterr().out
     assert "validation (eval mode, softmax)" in out and " 102 " in out and "0.0200 / 0.0200 (0.0200)" in out
     assert "plain softmax 1.00" in out
+
+
+def test_classical_floor_finds_dark_thin_lines_inside_the_fov_only():
+    """The no-learning DRIVE floor: a dark 2-pixel line on a bright, slowly varying background is found, the mask
+    takes the requested share of the FOV and nothing outside it; an empty FOV or mismatched shapes are refused."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from classical_floor import vessel_floor
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    yy, xx = np.mgrid[:64, :64]
+    green = 150.0 + 0.5 * xx  # illumination gradient: a plain threshold would pick one side
+    green[30:32, :] = 80.0  # the vessel, running out of the FOV at both ends
+    fov = ((yy - 32) ** 2 + (xx - 32) ** 2 < 30 ** 2).astype(np.uint8)
+    mask = vessel_floor(green, fov, tophat=11, sigma=0.7, top=0.05)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    assert not mask[fov == 0].any()
+    assert abs(mask.sum() / fov.sum() - 0.05) < 0.01
+    line = np.zeros_like(mask)
+    line[30:32, :] = 1
+    line &= fov
+    # most of the mask lies on or next to the line (the blur widens it by a pixel)
+    near = np.zeros_like(mask)
+    near[29:33, :] = 1
+    assert (mask & near).sum() / mask.sum() > 0.9 and (mask & line).sum() / line.sum() > 0.8
+    with pytest.raises(ValueError, match="FOV mask is empty"):
+        vessel_floor(green, np.zeros_like(fov))
+    with pytest.raises(ValueError, match="differ in shape"):
+        vessel_floor(green, fov[:10])
