@@ -401,3 +401,49 @@ def test_classical_floor_finds_dark_thin_lines_inside_the_fov_only():
         vessel_floor(green, np.zeros_like(fov))
     with pytest.raises(ValueError, match="differ in shape"):
         vessel_floor(green, fov[:10])
+
+
+def test_evidence_902_on_a_gpu_trains_folds_side_by_side_and_resumes(tmp_path):
+    """scripts/evidence_902.sh with the settings scripts/device_evidence.sh uses on the GPU machine, run with stub
+    commands that record their arguments: every fold of every trainer is trained once on cuda (an interrupted fold
+    with --c, a finished one not at all), HiDiff gets its fold's baseline as the segmentor, and the benchmark
+    collects with --device cuda, the given processes and the test set in the FOV, into HIDIFF_EVIDENCE_DIR."""
+    stubs, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    stubs.mkdir()
+    for name in ("nnUNetv2_train", "nnunetv2_hidiff_benchmark", "nnunetv2_hidiff_plan", "python"):
+        (stubs / name).write_text(f'#!/bin/sh\necho "{name} $* seg=${{nnUNet_HiDiff_pretrained_segmentor:-}}" >> {calls}\n')
+        (stubs / name).chmod(0o755)
+    pre, results = tmp_path / "pre" / "Dataset902_DRIVE", tmp_path / "results" / "Dataset902_DRIVE"
+    pre.mkdir(parents=True)
+    (pre / "nnUNetPlans_hidiffCPU.json").write_text("{}")
+    (pre / "splits_final.json").write_text("[]")
+    base = results / "nnUNetTrainerBaseline_5epochs__nnUNetPlans_hidiffCPU__2d"
+    (base / "fold_1").mkdir(parents=True)
+    (base / "fold_1" / "checkpoint_latest.pth").write_text("")
+    (base / "fold_2").mkdir()
+    (base / "fold_2" / "checkpoint_final.pth").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet", "HIDIFF"))}
+    env.update(nnUNet_raw="/raw", nnUNet_preprocessed=str(pre.parent), nnUNet_results=str(results.parent),
+               HIDIFF_BIN=str(stubs), HIDIFF_PYTHON=str(stubs / "python"), HIDIFF_DEVICE="cuda", HIDIFF_NP="8",
+               HIDIFF_PARALLEL_FOLDS="1", HIDIFF_EVIDENCE_DIR=str(tmp_path / "evidence"))
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "evidence_902.sh"), "0", "1", "2"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = calls.read_text().splitlines()
+    trains = sorted(line for line in lines if line.startswith("nnUNetv2_train"))
+    seg = f"seg={base}/fold_{{fold}}/checkpoint_final.pth"
+    expected = [f"nnUNetv2_train 902 2d 0 -tr nnUNetTrainerBaseline_5epochs -p nnUNetPlans_hidiffCPU -device cuda seg=",
+                f"nnUNetv2_train 902 2d 1 -tr nnUNetTrainerBaseline_5epochs -p nnUNetPlans_hidiffCPU -device cuda --c seg="]
+    for trainer in ("nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500",
+                    "nnUNetTrainerHiDiff_real_w8_joint_bce1_res_cpuWarm500"):
+        expected += [f"nnUNetv2_train 902 2d {f} -tr {trainer} -p nnUNetPlans_hidiffCPU -device cuda {seg}"
+                     for f in range(3)]
+    assert trains == sorted(expected)
+    benchmarks = [line for line in lines if line.startswith("nnunetv2_hidiff_benchmark")]
+    assert len(benchmarks) == 2
+    for line in benchmarks:
+        assert "-np 8 --device cuda" in line and "--folds 0 1 2" in line
+        assert "--test-fov /raw/Dataset902_DRIVE/fovTs --test-folds 0 1 2" in line
+    assert f"-o {tmp_path}/evidence/warm {seg}" in benchmarks[1]
+    assert (tmp_path / "evidence" / "logs" / "nnUNetTrainerBaseline_5epochs_fold0.log").is_file()
+    assert not any(line.startswith("nnunetv2_hidiff_plan") for line in lines)  # the plan exists
