@@ -28,16 +28,7 @@ fi
 if [ ! -f "$SITE/.installed" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .device_kit/part2/wheels/*.whl || exit 1
   # this package's console scripts, importing from this working tree (PYTHONPATH below)
-  python3 - "$SITE/bin" <<'EOF' || exit 1
-import pathlib, sys, tomllib
-folder = pathlib.Path(sys.argv[1])
-folder.mkdir(exist_ok=True)
-for name, target in tomllib.load(open("pyproject.toml", "rb"))["project"]["scripts"].items():
-    module, function = target.split(":")
-    script = folder / name
-    script.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n")
-    script.chmod(0o755)
-EOF
+  python3 scripts/console_scripts.py pyproject.toml "$SITE/bin" || exit 1
   touch "$SITE/.installed"
 fi
 export PYTHONPATH="$PWD:$SITE" PATH="$SITE/bin:$PATH"
@@ -52,7 +43,7 @@ fi
 left=$((LIMIT_S - ($(date +%s) - START) - 40))
 say "evidence_902.sh on cuda, folds ${HIDIFF_FOLDS:-0 1 2}, at most ${left} s"
 # shellcheck disable=SC2086
-HIDIFF_EVIDENCE_DIR="$WORK/Dataset902_DRIVE_issue12" HIDIFF_DEVICE=cuda HIDIFF_BIN="$SITE/bin" HIDIFF_PYTHON=python3 HIDIFF_NP=8 HIDIFF_PARALLEL_FOLDS=1 \
+HIDIFF_EVIDENCE_DIR="$WORK/Dataset902_DRIVE_issue12" HIDIFF_DEVICE=cuda HIDIFF_BIN="$SITE/bin" HIDIFF_PYTHON=python3 HIDIFF_NP="${HIDIFF_NP:-8}" HIDIFF_PARALLEL_FOLDS=1 \
   nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-3}" timeout -k 5 "$left" bash scripts/evidence_902.sh ${HIDIFF_FOLDS:-0 1 2} \
   > "$OUT/evidence.log" 2>&1
 status=$?

@@ -447,3 +447,30 @@ def test_evidence_902_on_a_gpu_trains_folds_side_by_side_and_resumes(tmp_path):
     assert f"-o {tmp_path}/evidence/warm {seg}" in benchmarks[1]
     assert (tmp_path / "evidence" / "logs" / "nnUNetTrainerBaseline_5epochs_fold0.log").is_file()
     assert not any(line.startswith("nnunetv2_hidiff_plan") for line in lines)  # the plan exists
+
+
+def test_device_console_scripts_survive_spawned_workers(tmp_path):
+    """scripts/console_scripts.py (the console scripts scripts/device_evidence.sh writes on the GPU machine) must
+    guard the call like pip's own scripts: a command whose workers are started with spawn (nnU-Net's and this
+    package's pools) imports the script again in every worker. Unguarded, the first GPU run's benchmark failed its
+    test-set evaluation ("a worker process died", multiprocessing's bootstrapping error in every worker)."""
+    pkg = tmp_path / "spawn_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import multiprocessing\n\n\n"
+        "def main():\n"
+        "    with multiprocessing.get_context('spawn').Pool(2) as pool:\n"
+        "        print('sum', sum(pool.map(abs, [-1, -2, -3])))\n"
+        "    return 0\n")
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n[project.scripts]\nspawncheck = "spawn_pkg:main"\n')
+    subprocess.run([sys.executable, str(REPO / "scripts" / "console_scripts.py"), str(tmp_path / "pyproject.toml"),
+                    str(tmp_path / "bin")], check=True)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    res = subprocess.run([str(tmp_path / "bin" / "spawncheck")], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.split() == ["sum", "6"], res.stdout
+    # the scripts of this repository's own pyproject are written and name importable targets
+    written = subprocess.run([sys.executable, str(REPO / "scripts" / "console_scripts.py"), str(REPO / "pyproject.toml"),
+                              str(tmp_path / "repo_bin")], capture_output=True, text=True)
+    assert written.returncode == 0, written.stderr
+    assert (tmp_path / "repo_bin" / "nnunetv2_hidiff_benchmark").is_file()

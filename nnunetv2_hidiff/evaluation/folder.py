@@ -123,8 +123,10 @@ def _run_cases(args: List[tuple], num_processes: int) -> List[dict]:
         with ProcessPoolExecutor(min(num_processes, len(args)), mp_context=multiprocessing.get_context("spawn")) as ex:
             return list(ex.map(evaluate_case, *zip(*args)))
     except BrokenProcessPool:
-        raise EvaluationError(f"a worker process died while evaluating {len(args)} cases (out of memory?); "
-                              f"retry with fewer processes (-np)") from None
+        raise EvaluationError(f"a worker process died while evaluating {len(args)} cases: out of memory (retry "
+                              f"with fewer processes, -np), or the spawned workers could not import the main "
+                              f"module (a script read from stdin, or one that runs its command without "
+                              f"`if __name__ == '__main__':`; their tracebacks are above)") from None
 
 
 def _nnunet_aggregate(per_case: List[dict], labels_or_regions: Sequence[LabelOrRegion]) -> dict:
