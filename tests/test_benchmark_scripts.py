@@ -474,3 +474,31 @@ def test_device_console_scripts_survive_spawned_workers(tmp_path):
                               str(tmp_path / "repo_bin")], capture_output=True, text=True)
     assert written.returncode == 0, written.stderr
     assert (tmp_path / "repo_bin" / "nnunetv2_hidiff_benchmark").is_file()
+
+
+def test_refined_changes_counts_and_combinations(tmp_path):
+    """benchmarks/refined_changes.py on hand-made masks: the added/removed counts and the union are exact."""
+    from PIL import Image
+    gt = np.zeros((20, 20), np.uint8)
+    gt[5:15, 5:7] = 1  # a vertical vessel, 20 pixels
+    seg = gt.copy()
+    seg[5:15, 6] = 0  # the segmentor misses half of it (10 pixels)
+    seg[0, 0] = 1  # and has one distant false positive
+    ref = gt.copy()  # refinement finds the missed half ...
+    ref[5, 5] = 0  # ... loses one true pixel ...
+    ref[19, 19] = 1  # ... and adds one false positive; the distant false positive at (0, 0) is removed
+    for name, arr in (("seg", seg), ("ref", ref), ("gt", gt)):
+        (tmp_path / name).mkdir()
+        Image.fromarray(arr * 255).save(tmp_path / name / "case.png")
+    out = tmp_path / "changes.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "refined_changes.py"), str(tmp_path / "seg"),
+                          str(tmp_path / "ref"), str(tmp_path / "gt"), "--json", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(out.read_text())
+    assert (r["added_foreground"], r["added_background"], r["removed_foreground"], r["removed_background"]) == \
+        (10, 1, 1, 1)
+    union = seg.astype(bool) | ref.astype(bool)
+    inter = (union & gt.astype(bool)).sum()
+    assert r["outputs"]["union"]["dice"] == pytest.approx(2 * inter / (union.sum() + gt.sum()))
+    assert r["outputs"]["segmentor"]["dice"] == pytest.approx(2 * 10 / (11 + 20))
