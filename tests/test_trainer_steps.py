@@ -169,6 +169,34 @@ def test_pretrained_segmentor_loads_everything_and_skips_warmup(nnunet_paths, tm
         make_trainer("nnUNetTrainerHiDiff_5epochs").initialize()
 
 
+def test_baseline_warm_control_loads_the_whole_network_and_records_it(nnunet_paths, tmp_path, monkeypatch):
+    """nnUNetTrainerBaseline_cpuWarm500 (the budget control of the HiDiff warm runs) starts from the whole network
+    in nnUNet_HiDiff_pretrained_segmentor and records it in the fold record; plain Baseline trainers ignore it."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2_hidiff.training.fold_record import read_fold_record
+
+    tr = make_trainer("nnUNetTrainerBaseline_cpuWarm500")
+    plain = _plain_checkpoint(tr, tmp_path / f"plain_fold{tr.fold}.pth")
+    monkeypatch.setenv("nnUNet_HiDiff_pretrained_segmentor", str(tmp_path / "plain_fold{fold}.pth"))
+    tr.initialize()
+    weights = tr.network.state_dict()
+    assert all(torch.equal(weights[k], v) for k, v in plain.items())  # the segmentation heads too
+    monkeypatch.setattr(nnUNetTrainer, "on_train_start", lambda self: None)  # no data loaders here
+    tr.on_train_start()
+    record = read_fold_record(tr.output_folder)
+    assert record["warm_start"] == str(tmp_path / f"plain_fold{tr.fold}.pth")
+    assert record["kind"] == "baseline" and record["budget"]["epochs"] == 20
+
+    other = make_trainer("nnUNetTrainerBaseline_smoke")
+    other.initialize()
+    assert other.warm_start_source is None
+    assert not all(torch.equal(other.network.state_dict()[k], v) for k, v in plain.items())
+
+    monkeypatch.setenv("nnUNet_HiDiff_pretrained_segmentor", str(tmp_path / "missing.pth"))
+    with pytest.raises(RuntimeError, match="missing.pth: cannot read the segmentor checkpoint"):
+        make_trainer("nnUNetTrainerBaseline_cpuWarm500").initialize()
+
+
 @pytest.mark.parametrize("change, message", [
     ("ignore", "ignore label"),
     ("regions", "region-based"),

@@ -14,11 +14,14 @@ Table X ablations of the paper (V5 is the full model, = nnUNetTrainerHiDiff_pape
 Budgets for CPUs (same budgets exist for the plain nnU-Net baseline, nnUNetTrainerBaseline_*), and a
 smoke variant that runs one tiny epoch for tests and CI.
 """
+import os
+
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from .common import (apply_budget, apply_inference_mirroring, extend_validation_summary, record_epoch_time,
                      start_epoch_timer, write_start_record)
+from .checkpointing import load_whole_segmentor
 from .trainer import nnUNetTrainerHiDiff
 
 
@@ -242,12 +245,27 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
     summary and the fold record (fold_record.py: kind "baseline", budget, seconds per iteration)."""
     budget_epochs = budget_iterations_per_epoch = budget_val_iterations_per_epoch = None
     inference_mirroring = True
+    # the _cpuWarm controls: start from the whole network in nnUNet_HiDiff_pretrained_segmentor ("{fold}" = this
+    # fold), like the HiDiff warm runs, and record it in the fold record (nnU-Net's -pretrained_weights skips the
+    # segmentation heads)
+    warm_start_from_env = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_budget(self)
         self.save_every = 1  # checkpoint_latest.pth every epoch, so a killed run resumes with --c
+        self.warm_start_source = None
+
+    def initialize(self):
+        super().initialize()
+        path = os.environ.get("nnUNet_HiDiff_pretrained_segmentor") if self.warm_start_from_env else None
+        if path:
+            path = path.replace("{fold}", str(self.fold))
+            net = self.network.module if self.is_ddp else self.network
+            load_whole_segmentor(getattr(net, "_orig_mod", net), path, self.device)  # compiled: its module
+            self.warm_start_source = path
+            self.print_to_log_file(f"Loaded the whole network from {path} (warm start).")
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         result = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -256,7 +274,7 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()
-        write_start_record(self, "baseline")
+        write_start_record(self, "baseline", warm_start=self.warm_start_source)
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -288,6 +306,14 @@ class nnUNetTrainerBaseline_cpu400(nnUNetTrainerBaseline):
     """16 × 25 iterations: the segmentor that nnUNetTrainerHiDiff_cpuWarm100 starts from."""
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 16, 25, 5
     inference_mirroring = False
+
+
+class nnUNetTrainerBaseline_cpuWarm500(nnUNetTrainerBaseline):
+    """The control of the HiDiff _cpuWarm500 runs: plain nnU-Net continued from the same checkpoint
+    (nnUNet_HiDiff_pretrained_segmentor) for the same 20 × 25 iterations, so that HiDiff's segmentor and plain
+    nnU-Net are compared at the same total budget."""
+    budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 20, 25, 5
+    inference_mirroring, warm_start_from_env = False, True
 
 
 class nnUNetTrainerBaseline_smoke(nnUNetTrainerBaseline):
