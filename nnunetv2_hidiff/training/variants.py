@@ -322,5 +322,12 @@ class nnUNetTrainerBaseline_cpuWarm500(nnUNetTrainerBaseline):
     inference_mirroring, warm_start_from_env = False, True
 
 
+class nnUNetTrainerBaseline_cpu1750(nnUNetTrainerBaseline):
+    """The control of nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750 (HiDiff from scratch): plain nnU-Net with the
+    same 70 × 25 iterations in one poly schedule and the same validation settings (no mirroring TTA)."""
+    budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 70, 25, 5
+    inference_mirroring = False
+
+
 class nnUNetTrainerBaseline_smoke(nnUNetTrainerBaseline):
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 1, 2, 1
