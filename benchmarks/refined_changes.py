@@ -8,9 +8,11 @@ benchmark's ``test/<trainer>__segmentor`` and ``__refined`` against labelsTs wit
 
   * the pixels refinement adds and removes, split into reference foreground and background;
   * Dice (inside the FOV when given) and HD95 (pixels, connectivity-1 surfaces, this package's metric) of the
-    segmentor, the refined mask, their union, the segmentor's components that touch the refined mask, and the
-    segmentor's pixels within distance d of the refined mask (d = 0, 1, 2, 3, 5, 8): post-hoc combinations that
-    tell whether the refined HD95 comes from pixels refinement adds or from pixels it removes.
+    segmentor, the refined mask, their union, the segmentor plus the refined components it does not reach (what
+    ``combine = "new_components"`` predicts, here on the whole image instead of per sliding-window patch), the
+    segmentor's components that touch the refined mask, and the segmentor's pixels within distance d of the
+    refined mask (d = 0, 1, 2, 3, 5, 8): post-hoc combinations that tell whether the refined HD95 comes from
+    pixels refinement adds or from pixels it removes.
 """
 import argparse
 import json
@@ -21,7 +23,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+import torch
+
 from nnunetv2_hidiff.evaluation.metrics import dice, hd95
+from nnunetv2_hidiff.networks.combine import new_components
 
 DISTANCES = (0, 1, 2, 3, 5, 8)
 
@@ -35,6 +40,8 @@ def _load(path: str) -> np.ndarray:
 
 def combinations(seg: np.ndarray, ref: np.ndarray) -> dict:
     out = {"segmentor": seg, "refined": ref, "union": seg | ref}
+    new = new_components(torch.from_numpy(seg)[None], torch.from_numpy(ref)[None])[0].numpy()
+    out["segmentor + new refined components"] = seg | new
     lab, _ = ndimage.label(seg, structure=np.ones((3, 3)))
     touching = np.unique(lab[ref & seg])
     out["segmentor components touching refined"] = np.isin(lab, touching[touching > 0])

@@ -502,3 +502,10 @@ def test_refined_changes_counts_and_combinations(tmp_path):
     inter = (union & gt.astype(bool)).sum()
     assert r["outputs"]["union"]["dice"] == pytest.approx(2 * inter / (union.sum() + gt.sum()))
     assert r["outputs"]["segmentor"]["dice"] == pytest.approx(2 * 10 / (11 + 20))
+    # the segmentor plus the refined components it does not reach: the missed half touches the segmentor's half,
+    # so only the new false positive at (19, 19) is added
+    plus_new = seg.astype(bool).copy()
+    plus_new[19, 19] = True
+    inter = (plus_new & gt.astype(bool)).sum()
+    assert r["outputs"]["segmentor + new refined components"]["dice"] == \
+        pytest.approx(2 * inter / (plus_new.sum() + gt.sum()))

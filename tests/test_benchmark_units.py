@@ -390,3 +390,20 @@ def test_default_output_folder():
     long = cli.default_output(Path("/r"), "D", ["x" * 80, "y" * 80], "P", "2d")
     assert len(long.name) < 60 and long.name.startswith("benchmark_")
     assert cli.DEFAULT_TRAINERS == ["nnUNetTrainerBaseline_5epochs", "nnUNetTrainerHiDiff_5epochs"]
+
+
+def test_a_combined_decision_reads_its_validation_result_from_the_fold_record():
+    """A fold that decided for the segmentor plus new refined components has no row series of its own: the
+    as-decided result is the record's validation entry of that combination, and the decision table says so."""
+    from nnunetv2_hidiff.benchmark.report_hidiff import _combined_validation, _decision_cells
+
+    record = {"validation": {
+        "refined_1steps": {"refine": True, "steps": 1, "combine": "none", "dice": 0.7, "hd95": 3.0},
+        "combined_1steps": {"refine": True, "steps": 1, "combine": "new_components", "dice": 0.8, "hd95": 2.0},
+        "combined": {"refine": True, "steps": 10, "combine": "new_components", "dice": 0.75, "hd95": 2.5}}}
+    decision = {"refine": True, "steps": 1, "combine": "new_components", "reason": "r"}
+    assert _combined_validation(decision, record)["dice"] == 0.8
+    assert _combined_validation({**decision, "combine": "none"}, record) is None
+    assert _combined_validation({**decision, "refine": False}, record) is None
+    assert _combined_validation({"refine": True, "steps": 1}, record) is None  # records before 2026-12-05
+    assert _decision_cells(decision, record)[0].startswith("yes (new_components")

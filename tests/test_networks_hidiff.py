@@ -275,6 +275,38 @@ def test_decision_travels_in_the_state_dict_and_forced_settings_win():
         net.set_decision(True, 11)
 
 
+def test_decision_to_combine_segmentor_and_new_refined_components():
+    """Mode 2 of the decision buffer: the segmentor's output plus the refined components it does not reach;
+    forcing refinement on gives the refined output alone, forcing combine gives the combination."""
+    from nnunetv2_hidiff.networks.combine import combine_new_components
+    from nnunetv2_hidiff.training.inference_settings import apply_inference_settings
+
+    net = _build(str(HIPPO_PLANS), ds=False)
+    net.eval()
+    x = torch.randn(1, 1, 56, 40)
+    refined = net(x)  # default decision: refine
+    segmentor = net.segmentor(x)
+    net.set_decision(True, 0, "new_components")
+    assert net.inference_decision.tolist() == [2, 0] and net.resolved_combine() == "new_components"
+    torch.testing.assert_close(net(x), combine_new_components(segmentor, refined))
+    other = _build(str(HIPPO_PLANS), ds=False)
+    other.load_state_dict(net.state_dict())
+    other.eval()
+    torch.testing.assert_close(other(x), net(x))
+    apply_inference_settings(other, {"nnUNet_HiDiff_refine": "1"})  # forced refinement: the refined output alone
+    assert other.resolved_combine() == "none"
+    torch.testing.assert_close(other(x), refined)
+    apply_inference_settings(other, {"nnUNet_HiDiff_combine": "new_components"})
+    torch.testing.assert_close(other(x), net(x))
+    net.set_decision(False, 0, "new_components")  # no refinement: nothing to combine
+    assert net.inference_decision.tolist() == [0, 0]
+    torch.testing.assert_close(net(x), segmentor)
+    with pytest.raises(ValueError, match="nnUNet_HiDiff_combine='all' must be one of"):
+        apply_inference_settings(net, {"nnUNet_HiDiff_combine": "all"})
+    with pytest.raises(ValueError, match="combine must be one of"):
+        net.set_decision(True, 0, "all")
+
+
 def test_factory_signature_matches_nnunet_trainer():
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -382,6 +414,10 @@ def test_predict_wrapper_parses_transition():
     assert args.transition == "sample" and args.steps == 3 and rest == ["-i", "a", "-o", "b"]
     with pytest.raises(SystemExit):
         parse(["--transition", "mean"])
+    args, _ = parse(["--combine", "new_components", "-i", "a"])
+    assert args.combine == "new_components"
+    with pytest.raises(SystemExit):
+        parse(["--combine", "all"])
 
 
 @pytest.mark.parametrize("binary", [True, False])

@@ -53,7 +53,8 @@ def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
     root, _, _ = trained
     fold = root / "results" / "Dataset990_Tiny" / TRAINER_DIR / "fold_0"
     summaries = {name: json.loads((fold / name / "summary.json").read_text())
-                 for name in ("validation", "validation_refined", "validation_segmentor", "validation_refined_1steps")}
+                 for name in ("validation", "validation_refined", "validation_segmentor", "validation_refined_1steps",
+                              "validation_combined", "validation_combined_1steps")}
     assert all("HD95" in s["foreground_mean"] for s in summaries.values())
     record = read_fold_record(fold)
     assert record["trainer"] == "nnUNetTrainerHiDiff_smoke" and record["kind"] == "hidiff"
@@ -66,19 +67,34 @@ def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
         assert entry["dice"] == summaries[folder]["foreground_mean"]["Dice"] and entry["seconds_per_case"] > 0
     decision = record["decision"]
     chosen = ("validation_segmentor" if not decision["refine"] else
-              "validation_refined" if decision["steps"] == 2 else f"validation_refined_{decision['steps']}steps")
+              ("validation_refined" if decision["combine"] == "none" else "validation_combined")
+              + ("" if decision["steps"] == 2 else f"_{decision['steps']}steps"))
     assert summaries["validation"]["foreground_mean"] == summaries[chosen]["foreground_mean"]
     assert record["validation"]["refined_1steps"]["folder"] == "validation_refined_1steps"  # decision_extra_steps
-    assert len(decision["candidates"]) == 3  # segmentor alone, 2 steps (the default), 1 step
+    assert record["validation"]["combined_1steps"]["combine"] == "new_components"  # decision_combine
+    # segmentor alone; 2 steps (the default) and 1 step, each refined and combined with the segmentor
+    assert len(decision["candidates"]) == 5
     weights = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
     stored_steps = decision["steps"] if decision["steps"] != 2 else 0  # 0 = the network's default steps
-    assert weights["inference_decision"].tolist() == [int(decision["refine"]), stored_steps]
+    assert weights["inference_decision"].tolist() == [_mode(decision), stored_steps]
 
 
-@pytest.mark.parametrize("refine", [False, True])
-def test_prediction_follows_the_stored_decision_unless_forced(trained, tmp_path, refine):
-    """A fold whose checkpoint says "segmentor alone" (or "refine") predicts exactly what the forced setting
-    predicts; forcing the other setting changes the masks' source."""
+def _mode(decision: dict) -> int:
+    """The first entry of HiDiffNetwork.inference_decision for a fold record's decision."""
+    return 0 if not decision["refine"] else (2 if decision["combine"] == "new_components" else 1)
+
+
+# decided mode (HiDiffNetwork.inference_decision[0]), the environment that forces it, one that forces another output
+DECISION_MODES = [(0, {"nnUNet_HiDiff_refine": "0"}, {"nnUNet_HiDiff_refine": "1"}),
+                  (1, {"nnUNet_HiDiff_refine": "1"}, {"nnUNet_HiDiff_refine": "0"}),
+                  (2, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "new_components"},
+                   {"nnUNet_HiDiff_refine": "1"})]
+
+
+@pytest.mark.parametrize("mode,forced,other", DECISION_MODES)
+def test_prediction_follows_the_stored_decision_unless_forced(trained, tmp_path, mode, forced, other):
+    """A fold whose checkpoint says "segmentor alone" (or "refine", or "segmentor + new refined components")
+    predicts exactly what the forced setting predicts; forcing another setting changes the output."""
     import shutil
 
     from nnunetv2_hidiff.training.validation import write_decision_into_checkpoint
@@ -87,15 +103,13 @@ def test_prediction_follows_the_stored_decision_unless_forced(trained, tmp_path,
     model = tmp_path / "model"
     shutil.copytree(root / "results" / "Dataset990_Tiny" / TRAINER_DIR, model)
     import torch
-    write_decision_into_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"), torch.tensor([int(refine), 0]))
+    write_decision_into_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"), torch.tensor([mode, 0]))
     images = root / "raw" / "Dataset990_Tiny" / "imagesTs"
     common = ["-i", images, "-m", model, "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1",
               "--save_probabilities"]
     run_cli("nnUNetv2_predict_from_modelfolder", [*common, "-o", tmp_path / "decided"], env)
-    run_cli("nnUNetv2_predict_from_modelfolder", [*common, "-o", tmp_path / "forced"],
-            dict(env, nnUNet_HiDiff_refine=str(int(refine))))
-    run_cli("nnUNetv2_predict_from_modelfolder", [*common, "-o", tmp_path / "other"],
-            dict(env, nnUNet_HiDiff_refine=str(int(not refine))))
+    run_cli("nnUNetv2_predict_from_modelfolder", [*common, "-o", tmp_path / "forced"], dict(env, **forced))
+    run_cli("nnUNetv2_predict_from_modelfolder", [*common, "-o", tmp_path / "other"], dict(env, **other))
     for npz in sorted((tmp_path / "decided").glob("*.npz")):
         decided = np.load(npz)["probabilities"]
         np.testing.assert_array_equal(decided, np.load(tmp_path / "forced" / npz.name)["probabilities"])
@@ -277,7 +291,7 @@ def test_val_with_best_checkpoint_and_npz(trained):
     best = torch.load(fold / "checkpoint_best.pth", weights_only=False)["network_weights"]
     decision = record["decision"]
     stored = decision["steps"] if decision["steps"] != 2 else 0
-    assert best["inference_decision"].tolist() == [int(decision["refine"]), stored]
+    assert best["inference_decision"].tolist() == [_mode(decision), stored]
     final_after = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
     assert all(torch.equal(final_before[k], final_after[k]) for k in final_before)  # not rewritten
     for name in ("validation", "validation_segmentor", "validation_refined"):

@@ -43,3 +43,15 @@ def test_replace_folder_swaps_in_a_complete_copy(tmp_path, move):
     assert sorted(p.name for p in dst.iterdir()) == ["a.nii.gz"]
     assert src.exists() != move
     assert not any(p.name.endswith((".tmp", ".old")) for p in tmp_path.iterdir())
+
+
+def test_combined_candidates_compete_like_refined_ones():
+    """A candidate that combines the segmentor with new refined components is chosen like any other; at equal
+    Dice the lower HD95 wins; the decision names how the output is combined."""
+    seg = {"dice": 0.80, "hd95": 2.0}
+    combined = {**_c(10, 0.81, 1.5), "combine": "new_components"}
+    d = decide(seg, [_c(10, 0.81, 1.9), combined])
+    assert d["refine"] and d["combine"] == "new_components" and "does not reach" in d["reason"]
+    assert decide(seg, [_c(10, 0.82, 1.9), combined])["combine"] == "none"
+    assert decide(seg, [{**combined, "dice": 0.79}])["combine"] == "none"
+    assert not decide(seg, [{**combined, "dice": 0.79}])["refine"]

@@ -90,8 +90,23 @@ def decided_fold_means(inp: ReportInput, view: ReportInput, trainer: str, metric
     segmentor = fold_means(view.rows, segmentor_label(trainer), VALIDATION, metric, FOREGROUND)
     out = {}
     for f in sorted(set(refined) | set(segmentor), key=fold_key):
-        out[f] = (refined if refines(fold_decision(inp, trainer, f)) else segmentor).get(f, math.nan)
+        decision = fold_decision(inp, trainer, f)
+        combined = _combined_validation(decision, inp.records.get(trainer, {}).get(f, {}))
+        if combined is not None:  # the combined output is not a row series: its fold mean from the record
+            out[f] = float(combined.get("dice" if metric == "Dice" else "hd95", math.nan))
+            continue
+        out[f] = (refined if refines(decision) else segmentor).get(f, math.nan)
     return out
+
+
+def _combined_validation(decision: Optional[dict], record: dict) -> Optional[dict]:
+    """The record's validation entry of a fold that decided for the segmentor plus the refined components it
+    does not reach (networks/combine.py), None for any other decision."""
+    if not decision or not decision.get("refine") or decision.get("combine", "none") == "none":
+        return None
+    validation = record.get("validation") if isinstance(record.get("validation"), dict) else {}
+    return next((v for v in validation.values() if isinstance(v, dict) and v.get("refine")
+                 and v.get("combine") == decision["combine"] and v.get("steps") == decision.get("steps")), None)
 
 
 def _decision_cells(decision: Optional[dict], record: dict) -> List[str]:
@@ -107,7 +122,10 @@ def _decision_cells(decision: Optional[dict], record: dict) -> List[str]:
     validated = refined.get("steps") if isinstance(refined, dict) else None
     if refine and steps is not None and validated is not None and validated != steps:
         steps_cell += f" (refined validation: {validated})"
-    return ["yes" if refine else ("no" if refine is not None else "—"), steps_cell,
+    refine_cell = "yes" if refine else ("no" if refine is not None else "—")
+    if refine and decision.get("combine", "none") != "none":
+        refine_cell += f" ({decision['combine']}: the segmentor + refined components it does not reach)"
+    return [refine_cell, steps_cell,
             cell(decision.get("reason") or "—")]
 
 
@@ -120,7 +138,8 @@ def _decision_section(inp: ReportInput, view: ReportInput) -> List[str]:
              "After its validation each HiDiff fold decides whether its predictions are refined, and with how many "
              "steps (`decision` in `fold_k/hidiff_fold.json`; `nnUNet_HiDiff_refine=1/0` overrides it at prediction "
              "time). \"As decided\": per fold the foreground result of the chosen output (refined rows at the "
-             "refined validation's steps, or the segmentor alone); refined where a fold has no decision.", ""]
+             "refined validation's steps, the segmentor alone, or, for a fold that combines, the fold record's "
+             "validation result of that combination); refined where a fold has no decision.", ""]
     per_fold, summary = [], []
     for t in hidiff:
         dice = decided_fold_means(inp, view, t, "Dice")

@@ -13,8 +13,8 @@ import argparse
 import os
 import sys
 
-from nnunetv2_hidiff.training.inference_settings import (ENV_REFINE, ENV_SAMPLES, ENV_SEED, ENV_STEPS,
-                                                         ENV_TRANSITION, TRANSITIONS)
+from nnunetv2_hidiff.training.inference_settings import (COMBINES, ENV_COMBINE, ENV_REFINE, ENV_SAMPLES, ENV_SEED,
+                                                         ENV_STEPS, ENV_TRANSITION, TRANSITIONS)
 
 
 def parse(argv):
@@ -30,6 +30,9 @@ def parse(argv):
     parser.add_argument("--transition", choices=TRANSITIONS,
                         help="intermediate DDIM states: 'renoise' (default), 'renoise_threshold', 'sample' "
                              "(Algorithm 2 verbatim) or 'threshold'")
+    parser.add_argument("--combine", choices=COMBINES,
+                        help="'none': the refined output; 'new_components': the segmentor's output plus the refined "
+                             "components it does not reach (default: each fold's decision)")
     args, rest = parser.parse_known_args(argv)
     if rest and rest[0] == "--":
         rest = rest[1:]
@@ -42,7 +45,7 @@ def parse(argv):
 def main(argv=None) -> None:
     args, rest = parse(sys.argv[1:] if argv is None else argv)
     for env, value in ((ENV_STEPS, args.steps), (ENV_SAMPLES, args.samples), (ENV_SEED, args.seed),
-                       (ENV_TRANSITION, args.transition)):
+                       (ENV_TRANSITION, args.transition), (ENV_COMBINE, args.combine)):
         if value is not None:
             os.environ[env] = str(value)
     if args.no_refine or args.refine:

@@ -6,6 +6,7 @@ from typing import List, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .combine import COMBINE_NEW_COMPONENTS, COMBINE_NONE, COMBINES, combine_new_components
 from .refiner import HiDiffRefiner
 
 __all__ = ["HiDiffNetwork", "SegmentorOutput"]
@@ -41,10 +42,13 @@ class HiDiffNetwork(nn.Module):
         seed (0; a fresh CPU torch.Generator seeded with it per forward call makes the output deterministic
         and the same on every device: the random fields are drawn on the CPU and moved), output_space ("log" | "logit"), transition (see BernoulliDDIMSampler;
         default "renoise"), refine (None: follow the stored decision; True/False force refinement on/off),
-        steps_forced (False: steps stored in the decision win over num_inference_steps).
+        steps_forced (False: steps stored in the decision win over num_inference_steps), combine (None: follow
+        the stored decision, or "none" when refine is forced; "none": the refined output; "new_components": the
+        segmentor's output plus the refined components it does not reach, see networks/combine.py).
 
     The decision (issue "never worse by default"): the persistent buffer ``inference_decision`` =
-    [refine (0/1), steps (0 = num_inference_steps)] is part of the state dict, so the checkpoint carries it
+    [mode (0 segmentor alone, 1 refined, 2 segmentor + new refined components), steps (0 = num_inference_steps)]
+    is part of the state dict, so the checkpoint carries it
     and nnU-Net's predictor, which loads every fold's weights into the network before predicting with that
     fold, applies each fold's own decision. The trainer sets it after validation (see :meth:`set_decision`).
     State dicts written before the buffer existed load with the default [1, 0] (refine).
@@ -67,6 +71,7 @@ class HiDiffNetwork(nn.Module):
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.refine = None if refine is None else bool(refine)
+        self.combine: Optional[str] = None
         self.steps_forced = False
         self.transition = str(transition or self._sampler_class().DEFAULT_TRANSITION)
         self.output_space = "log"
@@ -96,18 +101,33 @@ class HiDiffNetwork(nn.Module):
         return BernoulliDDIMSampler
 
     # ------------------------------------------------------------------ the stored decision
-    def set_decision(self, refine: bool, steps: int = 0) -> None:
-        """Store whether (and with how many steps; 0 = num_inference_steps) prediction refines by default."""
+    def set_decision(self, refine: bool, steps: int = 0, combine: str = COMBINE_NONE) -> None:
+        """Store whether (and with how many steps; 0 = num_inference_steps, and combined how) prediction refines
+        by default."""
         if not 0 <= int(steps) <= self.diffusion.num_steps:
             raise ValueError(f"steps must lie in 0..{self.diffusion.num_steps}, got {steps}")
-        self.inference_decision.copy_(torch.tensor([int(bool(refine)), int(steps)]))
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+        mode = 0 if not refine else (2 if combine == COMBINE_NEW_COMPONENTS else 1)
+        self.inference_decision.copy_(torch.tensor([mode, int(steps)]))
 
     def resolved_settings(self):
         """(refine, steps) this network predicts with: forced settings first, then the stored decision."""
-        decided_refine, decided_steps = (int(v) for v in self.inference_decision.tolist())
-        refine = bool(decided_refine) if self.refine is None else self.refine
+        decided_mode, decided_steps = (int(v) for v in self.inference_decision.tolist())
+        refine = decided_mode > 0 if self.refine is None else self.refine
         steps = self.num_inference_steps if (self.steps_forced or decided_steps == 0) else decided_steps
         return refine, int(steps)
+
+    def resolved_combine(self) -> str:
+        """How a refined output is combined with the segmentor's: forced ``combine`` first; with refinement
+        forced, the refined output alone; else the stored decision."""
+        if self.combine is not None:
+            if self.combine not in COMBINES:
+                raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
+            return self.combine
+        if self.refine is not None:
+            return COMBINE_NONE
+        return COMBINE_NEW_COMPONENTS if int(self.inference_decision[0]) == 2 else COMBINE_NONE
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the decision buffer existed: refine with the default steps
@@ -169,6 +189,11 @@ class HiDiffNetwork(nn.Module):
             refined = torch.log(y0.clamp_min(1e-6))
         else:
             raise ValueError(f"output_space must be 'log' or 'logit', got {self.output_space!r}")
+        if self.resolved_combine() == COMBINE_NEW_COMPONENTS:
+            if self.output_space != "log":
+                raise ValueError("combine='new_components' needs per-class (softmax) outputs; region-based "
+                                 "(sigmoid, output_space 'logit') models predict the refined output alone")
+            return combine_new_components(logits, refined.to(logits.dtype))
         return refined.to(logits.dtype)
 
     @torch.no_grad()

@@ -11,20 +11,24 @@ nnU-Net's predictor builds the network through the trainer class, so these varia
                            fold's stored decision (made on its validation cases, see trainer)
     nnUNet_HiDiff_transition  intermediate DDIM states: "renoise" (default), "renoise_threshold", "sample"
                            (Algorithm 2), "threshold" (see nnunetv2_hidiff.diffusion.BernoulliDDIMSampler)
+    nnUNet_HiDiff_combine  "none": the refined output; "new_components": the segmentor's output plus the refined
+                           components it does not reach (networks/combine.py); unset: the fold's decision, or
+                           "none" when nnUNet_HiDiff_refine forces refinement
     nnUNet_HiDiff_packed   1: the binary refiner's convolutions run as bit-packed XNOR-popcount kernels (CPU);
                            0: simulated float ±1 convolutions; unset: the network's default
 
-``nnunetv2_hidiff_predict`` sets them from --steps/--samples/--seed/--no-refine/--transition.
+``nnunetv2_hidiff_predict`` sets them from --steps/--samples/--seed/--no-refine/--transition/--combine.
 """
 from __future__ import annotations
 
 import os
 
 from nnunetv2_hidiff.diffusion import BernoulliDDIMSampler
+from nnunetv2_hidiff.networks.combine import COMBINES
 
 ENV_STEPS, ENV_SAMPLES, ENV_SEED, ENV_REFINE = ("nnUNet_HiDiff_steps", "nnUNet_HiDiff_samples",
                                                 "nnUNet_HiDiff_seed", "nnUNet_HiDiff_refine")
-ENV_TRANSITION, ENV_PACKED = "nnUNet_HiDiff_transition", "nnUNet_HiDiff_packed"
+ENV_TRANSITION, ENV_PACKED, ENV_COMBINE = "nnUNet_HiDiff_transition", "nnUNet_HiDiff_packed", "nnUNet_HiDiff_combine"
 TRANSITIONS = BernoulliDDIMSampler.TRANSITIONS
 
 
@@ -58,5 +62,10 @@ def apply_inference_settings(network, environ=None) -> None:
         if transition not in TRANSITIONS:
             raise ValueError(f"environment variable {ENV_TRANSITION}={transition!r} must be one of {TRANSITIONS}")
         network.transition = transition
+    combine = env.get(ENV_COMBINE)
+    if combine:
+        if combine not in COMBINES:
+            raise ValueError(f"environment variable {ENV_COMBINE}={combine!r} must be one of {COMBINES}")
+        network.combine = combine
     if env.get(ENV_PACKED):
         network.packed = bool(_int_env(env, ENV_PACKED, 0, 0, 1))

@@ -79,10 +79,11 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     # the refiner learns from the plain nnU-Net folds that left each case out (oof_priors.py); None = off
     oof_prior_trainer: Optional[str] = None
     refiner_batches = "augmented"  # "clean": the refiner learns on unaugmented training batches (clean_batches.py)
-    # the per-fold decision after validation (validation.py): extra step counts to try besides the default,
-    # and the Dice gain refinement must bring
+    # the per-fold decision (validation.py): step counts tried besides the default, each also as the segmentor
+    # plus the refined components it does not reach (networks/combine.py) with decision_combine
     decision_extra_steps: Tuple[int, ...] = (1, 2, 5)
-    decision_min_dice_gain = 0.0
+    decision_combine = True
+    decision_min_dice_gain = 0.0  # the Dice gain refinement must bring
     # warm-up: the paper pre-trains the segmentor for 40k iterations = 160 of nnU-Net's 250-iteration
     # epochs, i.e. 16 % of the default 1000 epochs. Skipped when a whole segmentor is loaded (below).
     warmup_epochs: Optional[int] = None  # None → round(warmup_fraction · num_epochs)
@@ -92,8 +93,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     # nnUNet_HiDiff_pretrained_segmentor overrides it. (nnU-Net's -pretrained_weights also works but, by
     # nnU-Net's design, does not transfer the segmentation heads, so the warm-up is kept in that case.)
     pretrained_segmentor: Optional[str] = None
-    refiner_ema_decay = 0.9999
-    compile_backend = "inductor"  # used where nnU-Net decides to compile (CUDA, nnUNet_compile)
+    refiner_ema_decay, compile_backend = 0.9999, "inductor"  # backend: where nnU-Net compiles (CUDA, nnUNet_compile)
     # prediction defaults (nnUNet_HiDiff_* environment variables override them at predict time)
     inference_steps: Optional[int] = 1  # None → T (the paper's)
     packed_inference = True  # binary refiner: bit-packed XNOR-popcount convs at inference on the CPU (packed.py)

@@ -4,8 +4,9 @@ nnU-Net decides postprocessing on the validation cases of each fold; HiDiff deci
 ``validate_and_decide`` runs nnU-Net's own validation (sliding window, export, summary.json) once with the
 segmentor alone and once per refinement candidate, keeps each result in its own folder, and then
 
-* decides: refinement (with the best candidate's steps) only if it raises the mean foreground Dice and does
-  not worsen the mean foreground HD95 against the segmentor alone; otherwise the segmentor alone;
+* decides: refinement (with the best candidate's steps, refined output or, with ``decision_combine``, the
+  segmentor's output plus the refined components it does not reach) only if it raises the mean foreground Dice
+  and does not worsen the mean foreground HD95 against the segmentor alone; otherwise the segmentor alone;
 * puts the decided output into ``validation/`` (what nnU-Net's find_best_configuration, postprocessing and
   ensembling read);
 * stores the decision in the network (``HiDiffNetwork.inference_decision``, part of the state dict, so
@@ -28,7 +29,9 @@ from nnunetv2_hidiff.atomic import atomic_torch_save
 
 from .common import extend_validation_summary
 from .distributed import barrier, broadcast_object
-from .fold_record import VALIDATION, VALIDATION_REFINED, VALIDATION_SEGMENTOR, update_fold_record
+from nnunetv2_hidiff.networks.combine import COMBINE_NEW_COMPONENTS, COMBINE_NONE
+
+from .fold_record import VALIDATION, VALIDATION_COMBINED, VALIDATION_REFINED, VALIDATION_SEGMENTOR, update_fold_record
 
 
 def replace_folder(source: str, target: str, move: bool = False) -> None:
@@ -59,9 +62,10 @@ def _score(summary: Optional[dict], fallback_folder: str) -> dict:
 
 
 def decide(segmentor: dict, candidates: List[dict], min_dice_gain: float = 0.0) -> dict:
-    """Choose among the refined candidates (dicts with refine, steps, dice, hd95) against the segmentor alone:
-    the candidate with the highest Dice among those that beat the segmentor's Dice by more than
-    ``min_dice_gain`` without a higher HD95 (an HD95 that only one side lacks counts as worse for that side)."""
+    """Choose among the refined candidates (dicts with refine, steps, dice, hd95, optional combine) against the
+    segmentor alone: the candidate with the highest Dice (then the lowest HD95) among those that beat the
+    segmentor's Dice by more than ``min_dice_gain`` without a higher HD95 (an HD95 that only one side lacks
+    counts as worse for that side)."""
     def hd95_not_worse(c: dict) -> bool:
         a, b = c["hd95"], segmentor["hd95"]
         if math.isnan(a) or math.isnan(b):
@@ -70,11 +74,13 @@ def decide(segmentor: dict, candidates: List[dict], min_dice_gain: float = 0.0) 
 
     better = [c for c in candidates if c["dice"] > segmentor["dice"] + min_dice_gain and hd95_not_worse(c)]
     if not better:
-        return {"refine": False, "steps": 0,
+        return {"refine": False, "steps": 0, "combine": COMBINE_NONE,
                 "reason": "no refined candidate raised the foreground Dice without worsening HD95"}
-    best = max(better, key=lambda c: c["dice"])
-    return {"refine": True, "steps": best["steps"],
-            "reason": f"refinement with {best['steps']} steps raised the foreground Dice "
+    best = max(better, key=lambda c: (c["dice"], -c["hd95"] if not math.isnan(c["hd95"]) else -math.inf))
+    combine = best.get("combine", COMBINE_NONE)
+    how = "" if combine == COMBINE_NONE else " (the segmentor plus the refined components it does not reach)"
+    return {"refine": True, "steps": best["steps"], "combine": combine,
+            "reason": f"refinement with {best['steps']} steps{how} raised the foreground Dice "
                       f"{segmentor['dice']:.4f} -> {best['dice']:.4f} (HD95 {segmentor['hd95']:.3f} -> "
                       f"{best['hd95']:.3f})"}
 
@@ -94,13 +100,18 @@ def validate_and_decide(trainer, run_validation: Callable[[bool], None], save_pr
     forced_refine, forced_steps, steps_before = net.refine, net.steps_forced, net.num_inference_steps
     n_cases = len(trainer.do_split()[1])
     default_steps = net.num_inference_steps
-    runs = [("segmentor", VALIDATION_SEGMENTOR, False, 0), ("refined", VALIDATION_REFINED, True, default_steps)]
-    runs += [(f"refined_{k}steps", f"{VALIDATION_REFINED}_{k}steps", True, int(k))
+    runs = [("segmentor", VALIDATION_SEGMENTOR, False, 0, COMBINE_NONE),
+            ("refined", VALIDATION_REFINED, True, default_steps, COMBINE_NONE)]
+    runs += [(f"refined_{k}steps", f"{VALIDATION_REFINED}_{k}steps", True, int(k), COMBINE_NONE)
              for k in trainer.decision_extra_steps if int(k) != default_steps]
+    if getattr(trainer, "decision_combine", False) and net.output_space == "log":  # per-class (softmax) outputs
+        runs += [(r[0].replace("refined", "combined"), r[1].replace(VALIDATION_REFINED, VALIDATION_COMBINED), True,
+                  r[3], COMBINE_NEW_COMPONENTS) for r in runs if r[2]]
+    forced_combine = net.combine
     scores, record = {}, {}
     try:
-        for name, folder, refine, steps in runs:
-            net.refine, net.steps_forced = refine, refine
+        for name, folder, refine, steps, combine in runs:
+            net.refine, net.steps_forced, net.combine = refine, refine, combine
             if refine:
                 net.num_inference_steps = steps
             start = time.perf_counter()
@@ -110,24 +121,28 @@ def validate_and_decide(trainer, run_validation: Callable[[bool], None], save_pr
                 scores[name] = _score(extend_validation_summary(trainer, VALIDATION), join(out, VALIDATION))
                 replace_folder(join(out, VALIDATION), join(out, folder), move=name == "segmentor")
                 record[name] = {"folder": folder, "cases": n_cases, "refine": refine, "steps": steps,
-                                "seconds_per_case": round(seconds / max(n_cases, 1), 4), **scores[name]}
+                                "combine": combine, "seconds_per_case": round(seconds / max(n_cases, 1), 4),
+                                **scores[name]}
                 trainer.print_to_log_file(f"Validation, {name}: foreground Dice {scores[name]['dice']:.4f}, "
                                           f"HD95 {scores[name]['hd95']:.4f}, {seconds / max(n_cases, 1):.2f} s/case")
             barrier()  # no rank writes the next run into validation/ before rank 0 has moved this one
     finally:
         net.refine, net.steps_forced, net.num_inference_steps = forced_refine, forced_steps, steps_before
+        net.combine = forced_combine
     scores, record = broadcast_object((scores, record))
-    candidates = [{"refine": True, "steps": r["steps"], "dice": r["dice"], "hd95": r["hd95"]}
+    candidates = [{k: r[k] for k in ("refine", "steps", "combine", "dice", "hd95")}
                   for name, r in record.items() if name != "segmentor"]
     decision = decide(record["segmentor"], candidates, trainer.decision_min_dice_gain)
-    decision["candidates"] = [{"refine": False, "steps": 0, **scores["segmentor"]}] + candidates
+    decision["candidates"] = [{"refine": False, "steps": 0, "combine": COMBINE_NONE, **scores["segmentor"]},
+                              *candidates]
     steps = decision["steps"] if decision["steps"] != default_steps else 0
-    net.set_decision(decision["refine"], steps)
+    net.set_decision(decision["refine"], steps, decision["combine"])
     trainer.print_to_log_file(f"Refinement decision: {'refine' if decision['refine'] else 'segmentor alone'} "
                               f"({decision['reason']})")
     if trainer.local_rank == 0:
-        chosen = record[next(n for n, r in record.items() if r["refine"] == decision["refine"]
-                             and (not r["refine"] or r["steps"] == decision["steps"]))]["folder"]
+        key = (decision["refine"], decision["steps"], decision["combine"])
+        chosen = next(r["folder"] for r in record.values()
+                      if (r["refine"], r["steps"], r["combine"]) == key or not (r["refine"] or key[0]))
         replace_folder(join(out, chosen), join(out, VALIDATION))
         checkpoint = trainer.validated_checkpoint or join(out, "checkpoint_final.pth")
         if isfile(checkpoint):

@@ -1,0 +1,67 @@
+"""networks/combine.py: the segmentor's mask plus the refined components it does not reach (issue 12)."""
+import pytest
+import torch
+
+from nnunetv2_hidiff.networks.combine import combine_new_components, new_components, reconstruct
+
+
+def _masks_2d():
+    seg = torch.zeros(1, 12, 12, dtype=torch.bool)
+    ref = torch.zeros_like(seg)
+    seg[0, 1:4, 1:4] = True            # a segmentor component
+    ref[0, 2:4, 2:7] = True            # refinement extends it: reached through the union
+    ref[0, 4, 7] = True                # ... and goes on diagonally (8-connectivity): reached
+    ref[0, 8:11, 8:11] = True          # a component only refinement found: new
+    ref[0, 9, 1] = True                # a single new pixel
+    return seg, ref
+
+
+def test_new_components_are_exactly_the_unreached_refined_components():
+    seg, ref = _masks_2d()
+    expected = torch.zeros_like(seg)
+    expected[0, 8:11, 8:11] = True
+    expected[0, 9, 1] = True
+    assert torch.equal(new_components(seg, ref), expected)
+    assert not new_components(seg, seg).any()          # nothing new in the segmentor's own mask
+    assert torch.equal(new_components(torch.zeros_like(seg), ref), ref)  # empty segmentor: all refined is new
+    # a long winding refined path (many reconstruction iterations) is reached end to end
+    seg2, ref2 = torch.zeros(1, 9, 9, dtype=torch.bool), torch.zeros(1, 9, 9, dtype=torch.bool)
+    seg2[0, 0, 0] = True
+    for r in range(0, 9, 2):
+        ref2[0, r, :] = True
+        if r + 1 < 9:
+            ref2[0, r + 1, 8 if (r // 2) % 2 == 0 else 0] = True
+    assert not new_components(seg2, ref2).any()
+
+
+def test_reconstruct_3d_uses_26_connectivity_and_checks_shapes():
+    mask = torch.zeros(1, 4, 4, 4, dtype=torch.bool)
+    mask[0, 0, 0, 0] = mask[0, 1, 1, 1] = mask[0, 3, 3, 3] = True
+    marker = torch.zeros_like(mask)
+    marker[0, 0, 0, 0] = True
+    out = reconstruct(marker, mask)
+    assert out[0, 1, 1, 1] and out[0, 0, 0, 0] and not out[0, 3, 3, 3]
+    with pytest.raises(ValueError, match="marker and mask"):
+        reconstruct(marker, mask[..., :2])
+
+
+def test_combined_logits_keep_the_segmentor_and_add_only_new_components():
+    seg, ref = _masks_2d()
+    seg_logits = torch.stack([(~seg).float() * 3, seg.float() * 3, torch.zeros_like(seg, dtype=torch.float)], 1)
+    ref_logits = torch.stack([(~ref).float() * 2, torch.zeros_like(ref, dtype=torch.float), ref.float() * 2], 1)
+    # refinement calls its pixels class 2: class 2 has no segmentor mask, so every class-2 component is new
+    out = combine_new_components(seg_logits, ref_logits)
+    label = out.argmax(1)
+    assert torch.equal(label == 1, seg & ~ref)
+    assert torch.equal(label == 2, ref)
+    keep = ~ref
+    torch.testing.assert_close(out.permute(0, 2, 3, 1)[keep],
+                               torch.log_softmax(seg_logits, 1).permute(0, 2, 3, 1)[keep])
+    # same class: only the unreached components change the segmentor's label map
+    ref_logits = torch.stack([(~ref).float() * 2, ref.float() * 2, torch.zeros_like(ref, dtype=torch.float)], 1)
+    label = combine_new_components(seg_logits, ref_logits).argmax(1)
+    assert torch.equal(label == 1, seg | new_components(seg, ref))
+    torch.testing.assert_close(torch.softmax(combine_new_components(seg_logits, seg_logits), 1),
+                               torch.softmax(seg_logits, 1))
+    with pytest.raises(ValueError, match="differ in shape"):
+        combine_new_components(seg_logits, ref_logits[:, :2])
