@@ -509,3 +509,32 @@ def test_refined_changes_counts_and_combinations(tmp_path):
     inter = (plus_new & gt.astype(bool)).sum()
     assert r["outputs"]["segmentor + new refined components"]["dice"] == \
         pytest.approx(2 * inter / (plus_new.sum() + gt.sum()))
+
+
+def test_compare_outputs_scores_folders_against_the_reference(tmp_path):
+    """benchmarks/compare_outputs.py on hand-made masks: exact Dice inside the FOV, differences against the
+    reference, and one clear error for a folder that lacks a case."""
+    from PIL import Image
+    gt = np.zeros((10, 10), np.uint8)
+    gt[2:8, 4:6] = 1  # 12 pixels
+    a = gt.copy()
+    a[2:8, 5] = 0  # half of it: Dice 2*6/(6+12)
+    b = gt.copy()  # all of it
+    fov = np.ones_like(gt)
+    for name, arr in (("gt", gt), ("a", a), ("b", b), ("fov", fov)):
+        (tmp_path / name).mkdir()
+        for case in ("x.png", "y.png"):
+            Image.fromarray(arr * 255).save(tmp_path / name / case)
+    out = tmp_path / "cmp.json"
+    script = str(REPO / "benchmarks" / "compare_outputs.py")
+    res = subprocess.run([sys.executable, script, str(tmp_path / "gt"), f"full={tmp_path / 'b'}", "--fov",
+                          str(tmp_path / "fov"), "--reference", f"half={tmp_path / 'a'}", "--json", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(out.read_text())["outputs"]
+    assert r["half"]["dice"] == pytest.approx(12 / 18) and r["full"]["dice"] == pytest.approx(1.0)
+    assert r["full"]["dice_diff"] == pytest.approx(1 - 12 / 18) and r["full"]["dice_better"] == 2
+    (tmp_path / "b" / "y.png").unlink()
+    res = subprocess.run([sys.executable, script, str(tmp_path / "gt"), f"full={tmp_path / 'b'}",
+                          "--reference", f"half={tmp_path / 'a'}"], capture_output=True, text=True)
+    assert res.returncode != 0 and "y.png: missing" in res.stderr

@@ -406,4 +406,4 @@ def test_a_combined_decision_reads_its_validation_result_from_the_fold_record():
     assert _combined_validation({**decision, "combine": "none"}, record) is None
     assert _combined_validation({**decision, "refine": False}, record) is None
     assert _combined_validation({"refine": True, "steps": 1}, record) is None  # records before 2026-12-05
-    assert _decision_cells(decision, record)[0].startswith("yes (new_components")
+    assert _decision_cells(decision, record)[0] == "yes (combined with the segmentor: new_components)"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nnunetv2_hidiff.networks.combine import combine_new_components, new_components, reconstruct
+from nnunetv2_hidiff.networks.combine import combine_new_components, combine_outputs, new_components, reconstruct
 
 
 def _masks_2d():
@@ -65,3 +65,14 @@ def test_combined_logits_keep_the_segmentor_and_add_only_new_components():
                                torch.softmax(seg_logits, 1))
     with pytest.raises(ValueError, match="differ in shape"):
         combine_new_components(seg_logits, ref_logits[:, :2])
+
+
+def test_union_adds_all_refined_foreground_on_segmentor_background_only():
+    seg, ref = _masks_2d()
+    seg_logits = torch.stack([(~seg).float() * 3, seg.float() * 3, torch.zeros_like(seg, dtype=torch.float)], 1)
+    ref_logits = torch.stack([(~ref).float() * 2, torch.zeros_like(ref, dtype=torch.float), ref.float() * 2], 1)
+    label = combine_outputs(seg_logits, ref_logits, "union").argmax(1)
+    assert torch.equal(label == 1, seg)            # the segmentor's class-1 pixels stay class 1 ...
+    assert torch.equal(label == 2, ref & ~seg)     # ... refined class 2 is added only on segmentor background
+    with pytest.raises(ValueError, match="combine must be"):
+        combine_outputs(seg_logits, ref_logits, "none")

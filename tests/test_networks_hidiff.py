@@ -278,7 +278,7 @@ def test_decision_travels_in_the_state_dict_and_forced_settings_win():
 def test_decision_to_combine_segmentor_and_new_refined_components():
     """Mode 2 of the decision buffer: the segmentor's output plus the refined components it does not reach;
     forcing refinement on gives the refined output alone, forcing combine gives the combination."""
-    from nnunetv2_hidiff.networks.combine import combine_new_components
+    from nnunetv2_hidiff.networks.combine import combine_new_components, combine_outputs
     from nnunetv2_hidiff.training.inference_settings import apply_inference_settings
 
     net = _build(str(HIPPO_PLANS), ds=False)
@@ -298,6 +298,9 @@ def test_decision_to_combine_segmentor_and_new_refined_components():
     torch.testing.assert_close(other(x), refined)
     apply_inference_settings(other, {"nnUNet_HiDiff_combine": "new_components"})
     torch.testing.assert_close(other(x), net(x))
+    net.set_decision(True, 0, "union")
+    assert net.inference_decision.tolist() == [3, 0] and net.resolved_combine() == "union"
+    torch.testing.assert_close(net(x), combine_outputs(segmentor, refined, "union"))
     net.set_decision(False, 0, "new_components")  # no refinement: nothing to combine
     assert net.inference_decision.tolist() == [0, 0]
     torch.testing.assert_close(net(x), segmentor)

@@ -54,7 +54,8 @@ def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
     fold = root / "results" / "Dataset990_Tiny" / TRAINER_DIR / "fold_0"
     summaries = {name: json.loads((fold / name / "summary.json").read_text())
                  for name in ("validation", "validation_refined", "validation_segmentor", "validation_refined_1steps",
-                              "validation_combined", "validation_combined_1steps")}
+                              "validation_combined", "validation_combined_1steps", "validation_union",
+                              "validation_union_1steps")}
     assert all("HD95" in s["foreground_mean"] for s in summaries.values())
     record = read_fold_record(fold)
     assert record["trainer"] == "nnUNetTrainerHiDiff_smoke" and record["kind"] == "hidiff"
@@ -66,14 +67,15 @@ def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
         assert entry["folder"] == folder and entry["cases"] == len(summaries[folder]["metric_per_case"])
         assert entry["dice"] == summaries[folder]["foreground_mean"]["Dice"] and entry["seconds_per_case"] > 0
     decision = record["decision"]
+    folders = {"none": "validation_refined", "new_components": "validation_combined", "union": "validation_union"}
     chosen = ("validation_segmentor" if not decision["refine"] else
-              ("validation_refined" if decision["combine"] == "none" else "validation_combined")
-              + ("" if decision["steps"] == 2 else f"_{decision['steps']}steps"))
+              folders[decision["combine"]] + ("" if decision["steps"] == 2 else f"_{decision['steps']}steps"))
     assert summaries["validation"]["foreground_mean"] == summaries[chosen]["foreground_mean"]
     assert record["validation"]["refined_1steps"]["folder"] == "validation_refined_1steps"  # decision_extra_steps
     assert record["validation"]["combined_1steps"]["combine"] == "new_components"  # decision_combine
-    # segmentor alone; 2 steps (the default) and 1 step, each refined and combined with the segmentor
-    assert len(decision["candidates"]) == 5
+    assert record["validation"]["union"]["combine"] == "union"
+    # segmentor alone; 2 steps (the default) and 1 step, each refined and in both combinations with the segmentor
+    assert len(decision["candidates"]) == 7
     weights = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
     stored_steps = decision["steps"] if decision["steps"] != 2 else 0  # 0 = the network's default steps
     assert weights["inference_decision"].tolist() == [_mode(decision), stored_steps]
@@ -81,14 +83,16 @@ def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
 
 def _mode(decision: dict) -> int:
     """The first entry of HiDiffNetwork.inference_decision for a fold record's decision."""
-    return 0 if not decision["refine"] else (2 if decision["combine"] == "new_components" else 1)
+    return 0 if not decision["refine"] else {"none": 1, "new_components": 2, "union": 3}[decision["combine"]]
 
 
 # decided mode (HiDiffNetwork.inference_decision[0]), the environment that forces it, one that forces another output
 DECISION_MODES = [(0, {"nnUNet_HiDiff_refine": "0"}, {"nnUNet_HiDiff_refine": "1"}),
                   (1, {"nnUNet_HiDiff_refine": "1"}, {"nnUNet_HiDiff_refine": "0"}),
                   (2, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "new_components"},
-                   {"nnUNet_HiDiff_refine": "1"})]
+                   {"nnUNet_HiDiff_refine": "1"}),
+                  (3, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "union"},
+                   {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "new_components"})]
 
 
 @pytest.mark.parametrize("mode,forced,other", DECISION_MODES)

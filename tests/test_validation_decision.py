@@ -55,3 +55,9 @@ def test_combined_candidates_compete_like_refined_ones():
     assert decide(seg, [_c(10, 0.82, 1.9), combined])["combine"] == "none"
     assert decide(seg, [{**combined, "dice": 0.79}])["combine"] == "none"
     assert not decide(seg, [{**combined, "dice": 0.79}])["refine"]
+
+    union = {**_c(1, 0.81, 1.5), "combine": "union"}
+    d = decide(seg, [combined, union])  # equal Dice and HD95: the first candidate stays
+    assert d["combine"] == "new_components"
+    d = decide(seg, [combined, {**union, "hd95": 1.4}])
+    assert d["combine"] == "union" and d["steps"] == 1 and "refined foreground" in d["reason"]

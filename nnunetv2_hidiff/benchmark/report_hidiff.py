@@ -124,7 +124,7 @@ def _decision_cells(decision: Optional[dict], record: dict) -> List[str]:
         steps_cell += f" (refined validation: {validated})"
     refine_cell = "yes" if refine else ("no" if refine is not None else "—")
     if refine and decision.get("combine", "none") != "none":
-        refine_cell += f" ({decision['combine']}: the segmentor + refined components it does not reach)"
+        refine_cell += f" (combined with the segmentor: {decision['combine']})"
     return [refine_cell, steps_cell,
             cell(decision.get("reason") or "—")]
 

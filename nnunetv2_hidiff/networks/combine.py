@@ -1,10 +1,15 @@
-"""Combining the segmentor's mask with the refined one (issue 12): keep the segmentor, add what only refinement finds.
+"""Combining the segmentor's mask with the refined one (issue 12): keep the segmentor, add what refinement finds.
 
 On DRIVE the refined output loses Dice against its segmentor but lowers HD95 by a quarter, and the HD95 gain comes
-from pixels refinement *adds* (benchmarks/refined_changes.py). ``COMBINE_NEW_COMPONENTS`` keeps the segmentor's
-prediction everywhere except on refined foreground components that the segmentor's mask of the same class does not
-reach: connected pieces of vessel (or organ) that only the refiner found. Where refinement moves boundaries,
-removes pixels or extends the segmentor's own components, the segmentor's prediction stands.
+from pixels refinement *adds* (benchmarks/refined_changes.py). Two combinations keep the segmentor's prediction
+and take only additions from the refined one:
+
+* ``COMBINE_UNION``: the segmentor's foreground plus the refined foreground where the segmentor predicts
+  background (per class: a pixel the segmentor gives to class k stays k);
+* ``COMBINE_NEW_COMPONENTS``: the segmentor's prediction everywhere except on refined foreground components
+  that the segmentor's mask of the same class does not reach: connected pieces of vessel (or organ) that only the
+  refiner found. Where refinement moves boundaries, removes pixels or extends the segmentor's own components,
+  the segmentor's prediction stands.
 
 "Reach" is geodesic: a refined pixel is kept out when it is connected to the segmentor's mask through pixels
 of the union of both masks (8-connectivity in 2d, 26 in 3d), computed by morphological reconstruction (iterated
@@ -16,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-COMBINE_NONE, COMBINE_NEW_COMPONENTS = "none", "new_components"
-COMBINES = (COMBINE_NONE, COMBINE_NEW_COMPONENTS)
+COMBINE_NONE, COMBINE_NEW_COMPONENTS, COMBINE_UNION = "none", "new_components", "union"
+COMBINES = (COMBINE_NONE, COMBINE_NEW_COMPONENTS, COMBINE_UNION)
 
 
 def reconstruct(marker: torch.Tensor, mask: torch.Tensor, max_iterations: int = 100_000) -> torch.Tensor:
@@ -44,17 +49,29 @@ def new_components(segmentor_mask: torch.Tensor, refined_mask: torch.Tensor) -> 
     return refined_mask & ~reached
 
 
-def combine_new_components(segmentor_logits: torch.Tensor, refined_logits: torch.Tensor) -> torch.Tensor:
-    """Per-class log-probabilities (B, K, *sp): the segmentor's log-softmax, except on the refined foreground
-    components (classes 1..K-1, argmax masks) that the segmentor's mask of the same class does not reach, where
-    the refined output's log-softmax is used. Both are normalised so that nnU-Net's sliding window averages
-    values of one scale; the result's argmax is the segmentor's argmax plus the new components."""
+def combine_outputs(segmentor_logits: torch.Tensor, refined_logits: torch.Tensor,
+                    combine: str = COMBINE_NEW_COMPONENTS) -> torch.Tensor:
+    """Per-class log-probabilities (B, K, *sp): the segmentor's log-softmax, except where the refined output adds
+    foreground (classes 1..K-1, argmax masks): with ``COMBINE_UNION`` wherever the segmentor predicts background,
+    with ``COMBINE_NEW_COMPONENTS`` on the refined components that the segmentor's mask of the same class does not
+    reach; there the refined output's log-softmax is used. Both are normalised so that nnU-Net's sliding window
+    averages values of one scale; the result's argmax is the segmentor's argmax plus the additions."""
     if segmentor_logits.shape != refined_logits.shape:
         raise ValueError(f"segmentor logits {tuple(segmentor_logits.shape)} and refined logits "
                          f"{tuple(refined_logits.shape)} differ in shape")
+    if combine not in (COMBINE_NEW_COMPONENTS, COMBINE_UNION):
+        raise ValueError(f"combine must be {COMBINE_NEW_COMPONENTS!r} or {COMBINE_UNION!r}, got {combine!r}")
     seg_label, ref_label = segmentor_logits.argmax(1), refined_logits.argmax(1)
-    add = torch.zeros_like(seg_label, dtype=torch.bool)
-    for k in range(1, segmentor_logits.shape[1]):
-        add |= new_components(seg_label == k, ref_label == k)
+    if combine == COMBINE_UNION:
+        add = (seg_label == 0) & (ref_label > 0)
+    else:
+        add = torch.zeros_like(seg_label, dtype=torch.bool)
+        for k in range(1, segmentor_logits.shape[1]):
+            add |= new_components(seg_label == k, ref_label == k)
     seg_log, ref_log = (torch.log_softmax(v.float(), dim=1) for v in (segmentor_logits, refined_logits))
     return torch.where(add.unsqueeze(1), ref_log, seg_log).to(segmentor_logits.dtype)
+
+
+def combine_new_components(segmentor_logits: torch.Tensor, refined_logits: torch.Tensor) -> torch.Tensor:
+    """:func:`combine_outputs` with ``COMBINE_NEW_COMPONENTS``."""
+    return combine_outputs(segmentor_logits, refined_logits, COMBINE_NEW_COMPONENTS)

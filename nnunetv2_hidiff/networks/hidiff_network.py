@@ -6,7 +6,7 @@ from typing import List, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .combine import COMBINE_NEW_COMPONENTS, COMBINE_NONE, COMBINES, combine_new_components
+from .combine import COMBINE_NEW_COMPONENTS, COMBINE_NONE, COMBINE_UNION, COMBINES, combine_outputs
 from .refiner import HiDiffRefiner
 
 __all__ = ["HiDiffNetwork", "SegmentorOutput"]
@@ -44,10 +44,12 @@ class HiDiffNetwork(nn.Module):
         default "renoise"), refine (None: follow the stored decision; True/False force refinement on/off),
         steps_forced (False: steps stored in the decision win over num_inference_steps), combine (None: follow
         the stored decision, or "none" when refine is forced; "none": the refined output; "new_components": the
-        segmentor's output plus the refined components it does not reach, see networks/combine.py).
+        segmentor's output plus the refined components it does not reach; "union": plus all refined foreground
+        where the segmentor predicts background; see networks/combine.py).
 
     The decision (issue "never worse by default"): the persistent buffer ``inference_decision`` =
-    [mode (0 segmentor alone, 1 refined, 2 segmentor + new refined components), steps (0 = num_inference_steps)]
+    [mode (0 segmentor alone, 1 refined, 2 segmentor + new refined components, 3 segmentor ∪ refined),
+    steps (0 = num_inference_steps)]
     is part of the state dict, so the checkpoint carries it
     and nnU-Net's predictor, which loads every fold's weights into the network before predicting with that
     fold, applies each fold's own decision. The trainer sets it after validation (see :meth:`set_decision`).
@@ -108,7 +110,7 @@ class HiDiffNetwork(nn.Module):
             raise ValueError(f"steps must lie in 0..{self.diffusion.num_steps}, got {steps}")
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-        mode = 0 if not refine else (2 if combine == COMBINE_NEW_COMPONENTS else 1)
+        mode = 0 if not refine else {COMBINE_NONE: 1, COMBINE_NEW_COMPONENTS: 2, COMBINE_UNION: 3}[combine]
         self.inference_decision.copy_(torch.tensor([mode, int(steps)]))
 
     def resolved_settings(self):
@@ -127,7 +129,7 @@ class HiDiffNetwork(nn.Module):
             return self.combine
         if self.refine is not None:
             return COMBINE_NONE
-        return COMBINE_NEW_COMPONENTS if int(self.inference_decision[0]) == 2 else COMBINE_NONE
+        return {2: COMBINE_NEW_COMPONENTS, 3: COMBINE_UNION}.get(int(self.inference_decision[0]), COMBINE_NONE)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the decision buffer existed: refine with the default steps
@@ -189,11 +191,12 @@ class HiDiffNetwork(nn.Module):
             refined = torch.log(y0.clamp_min(1e-6))
         else:
             raise ValueError(f"output_space must be 'log' or 'logit', got {self.output_space!r}")
-        if self.resolved_combine() == COMBINE_NEW_COMPONENTS:
+        combine = self.resolved_combine()
+        if combine != COMBINE_NONE:
             if self.output_space != "log":
-                raise ValueError("combine='new_components' needs per-class (softmax) outputs; region-based "
+                raise ValueError(f"combine={combine!r} needs per-class (softmax) outputs; region-based "
                                  "(sigmoid, output_space 'logit') models predict the refined output alone")
-            return combine_new_components(logits, refined.to(logits.dtype))
+            return combine_outputs(logits, refined.to(logits.dtype), combine)
         return refined.to(logits.dtype)
 
     @torch.no_grad()

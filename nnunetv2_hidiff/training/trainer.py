@@ -79,10 +79,10 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     # the refiner learns from the plain nnU-Net folds that left each case out (oof_priors.py); None = off
     oof_prior_trainer: Optional[str] = None
     refiner_batches = "augmented"  # "clean": the refiner learns on unaugmented training batches (clean_batches.py)
-    # the per-fold decision (validation.py): step counts tried besides the default, each also as the segmentor
-    # plus the refined components it does not reach (networks/combine.py) with decision_combine
+    # the per-fold decision (validation.py): step counts tried besides the default, each also combined with the
+    # segmentor's output in these ways (networks/combine.py: "new_components", "union"; () = refined output only)
     decision_extra_steps: Tuple[int, ...] = (1, 2, 5)
-    decision_combine = True
+    decision_combine: Tuple[str, ...] = ("new_components", "union")
     decision_min_dice_gain = 0.0  # the Dice gain refinement must bring
     # warm-up: the paper pre-trains the segmentor for 40k iterations = 160 of nnU-Net's 250-iteration
     # epochs, i.e. 16 % of the default 1000 epochs. Skipped when a whole segmentor is loaded (below).

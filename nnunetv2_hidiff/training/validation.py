@@ -5,8 +5,9 @@ nnU-Net decides postprocessing on the validation cases of each fold; HiDiff deci
 segmentor alone and once per refinement candidate, keeps each result in its own folder, and then
 
 * decides: refinement (with the best candidate's steps, refined output or, with ``decision_combine``, the
-  segmentor's output plus the refined components it does not reach) only if it raises the mean foreground Dice
-  and does not worsen the mean foreground HD95 against the segmentor alone; otherwise the segmentor alone;
+  segmentor's output plus the refined components it does not reach, or plus all refined foreground) only if it
+  raises the mean foreground Dice and does not worsen the mean foreground HD95 against the segmentor alone;
+  otherwise the segmentor alone;
 * puts the decided output into ``validation/`` (what nnU-Net's find_best_configuration, postprocessing and
   ensembling read);
 * stores the decision in the network (``HiDiffNetwork.inference_decision``, part of the state dict, so
@@ -29,9 +30,12 @@ from nnunetv2_hidiff.atomic import atomic_torch_save
 
 from .common import extend_validation_summary
 from .distributed import barrier, broadcast_object
-from nnunetv2_hidiff.networks.combine import COMBINE_NEW_COMPONENTS, COMBINE_NONE
+from nnunetv2_hidiff.networks.combine import COMBINE_NEW_COMPONENTS, COMBINE_NONE, COMBINE_UNION
 
-from .fold_record import VALIDATION, VALIDATION_COMBINED, VALIDATION_REFINED, VALIDATION_SEGMENTOR, update_fold_record
+from .fold_record import (VALIDATION, VALIDATION_COMBINED, VALIDATION_REFINED, VALIDATION_SEGMENTOR, VALIDATION_UNION,
+                          update_fold_record)
+
+COMBINED_FOLDERS = {COMBINE_NEW_COMPONENTS: VALIDATION_COMBINED, COMBINE_UNION: VALIDATION_UNION}
 
 
 def replace_folder(source: str, target: str, move: bool = False) -> None:
@@ -78,7 +82,8 @@ def decide(segmentor: dict, candidates: List[dict], min_dice_gain: float = 0.0) 
                 "reason": "no refined candidate raised the foreground Dice without worsening HD95"}
     best = max(better, key=lambda c: (c["dice"], -c["hd95"] if not math.isnan(c["hd95"]) else -math.inf))
     combine = best.get("combine", COMBINE_NONE)
-    how = "" if combine == COMBINE_NONE else " (the segmentor plus the refined components it does not reach)"
+    how = {COMBINE_NONE: "", COMBINE_NEW_COMPONENTS: " (the segmentor plus the refined components it does not reach)",
+           COMBINE_UNION: " (the segmentor's foreground plus the refined foreground)"}[combine]
     return {"refine": True, "steps": best["steps"], "combine": combine,
             "reason": f"refinement with {best['steps']} steps{how} raised the foreground Dice "
                       f"{segmentor['dice']:.4f} -> {best['dice']:.4f} (HD95 {segmentor['hd95']:.3f} -> "
@@ -104,9 +109,14 @@ def validate_and_decide(trainer, run_validation: Callable[[bool], None], save_pr
             ("refined", VALIDATION_REFINED, True, default_steps, COMBINE_NONE)]
     runs += [(f"refined_{k}steps", f"{VALIDATION_REFINED}_{k}steps", True, int(k), COMBINE_NONE)
              for k in trainer.decision_extra_steps if int(k) != default_steps]
-    if getattr(trainer, "decision_combine", False) and net.output_space == "log":  # per-class (softmax) outputs
-        runs += [(r[0].replace("refined", "combined"), r[1].replace(VALIDATION_REFINED, VALIDATION_COMBINED), True,
-                  r[3], COMBINE_NEW_COMPONENTS) for r in runs if r[2]]
+    combines = tuple(getattr(trainer, "decision_combine", ()))
+    unknown = [c for c in combines if c not in COMBINED_FOLDERS]
+    if unknown:
+        raise ValueError(f"{type(trainer).__name__}.decision_combine: {unknown} not among {tuple(COMBINED_FOLDERS)}")
+    if net.output_space == "log":  # per-class (softmax) outputs; region-based models try the refined output only
+        runs += [(r[0].replace("refined", COMBINED_FOLDERS[c][len("validation_"):]),
+                  r[1].replace(VALIDATION_REFINED, COMBINED_FOLDERS[c]), True, r[3], c)
+                 for c in combines for r in list(runs) if r[2] and r[4] == COMBINE_NONE]
     forced_combine = net.combine
     scores, record = {}, {}
     try:
