@@ -100,8 +100,8 @@ def decided_fold_means(inp: ReportInput, view: ReportInput, trainer: str, metric
 
 
 def _combined_validation(decision: Optional[dict], record: dict) -> Optional[dict]:
-    """The record's validation entry of a fold that decided for the segmentor plus the refined components it
-    does not reach (networks/combine.py), None for any other decision."""
+    """The record's validation entry of a fold that decided for a combination of the segmentor with the refined
+    output (networks/combine.py: new_components or union), None for any other decision."""
     if not decision or not decision.get("refine") or decision.get("combine", "none") == "none":
         return None
     validation = record.get("validation") if isinstance(record.get("validation"), dict) else {}

@@ -6,7 +6,7 @@ from typing import List, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .combine import COMBINE_NEW_COMPONENTS, COMBINE_NONE, COMBINE_UNION, COMBINES, combine_outputs
+from .combine import COMBINE_NONE, COMBINES, combine_outputs
 from .refiner import HiDiffRefiner
 
 __all__ = ["HiDiffNetwork", "SegmentorOutput"]
@@ -110,7 +110,7 @@ class HiDiffNetwork(nn.Module):
             raise ValueError(f"steps must lie in 0..{self.diffusion.num_steps}, got {steps}")
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-        mode = 0 if not refine else {COMBINE_NONE: 1, COMBINE_NEW_COMPONENTS: 2, COMBINE_UNION: 3}[combine]
+        mode = 1 + COMBINES.index(combine) if refine else 0  # 1 refined, 2 new_components, 3 union
         self.inference_decision.copy_(torch.tensor([mode, int(steps)]))
 
     def resolved_settings(self):
@@ -129,7 +129,8 @@ class HiDiffNetwork(nn.Module):
             return self.combine
         if self.refine is not None:
             return COMBINE_NONE
-        return {2: COMBINE_NEW_COMPONENTS, 3: COMBINE_UNION}.get(int(self.inference_decision[0]), COMBINE_NONE)
+        mode = int(self.inference_decision[0])
+        return COMBINES[mode - 1] if 1 <= mode <= len(COMBINES) else COMBINE_NONE
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the decision buffer existed: refine with the default steps
