@@ -28,7 +28,8 @@ TRAINERS = (BASE, HIDIFF)
 ALONE = f"{HIDIFF}, its segmentor alone"
 # the series of summary.md: label -> (trainer, output)
 SERIES = {BASE: (BASE, "segmentor"), HIDIFF: (HIDIFF, "refined"), ALONE: (HIDIFF, "segmentor")}
-OUTPUTS = {BASE: ("segmentor",), HIDIFF: ("refined", "segmentor")}
+OUTPUTS = {BASE: ("segmentor",), HIDIFF: ("refined", "segmentor")}  # validated per fold, predicted on the test set
+TEST_ONLY = {BASE: (), HIDIFF: ("decided",)}  # the test set as each fold's decision says
 SUMMARY_FOLDER = {(BASE, "segmentor"): "validation", (HIDIFF, "refined"): "validation_refined",
                   (HIDIFF, "segmentor"): "validation_segmentor"}
 CLASSES = ("a", "b")
@@ -129,10 +130,12 @@ def test_outputs_exist_and_csv_is_complete(bench):
                         cases = {r.case for r in rows if (r.trainer, r.fold, r.cls, r.metric, r.split, r.output)
                                  == (t, str(fold), cls, metric, "validation", output)}
                         assert cases == set(splits[fold]["val"]), (t, output, fold, cls, metric)
+        for output in OUTPUTS[t] + TEST_ONLY[t]:
             test_cases = {r.case for r in rows if r.trainer == t and r.split == "test" and r.output == output}
             assert test_cases == {"tiny_006", "tiny_007"}, (t, output)
         assert {r.fold for r in rows if r.trainer == t and r.split == "test"} == {"ensemble"}
-        assert {r.output for r in rows if r.trainer == t} == set(OUTPUTS[t])
+        assert {r.output for r in rows if r.trainer == t} == set(OUTPUTS[t] + TEST_ONLY[t])
+        assert not any(r.output in TEST_ONLY[t] for r in rows if r.trainer == t and r.split == "validation")
     assert {r.trainer for r in rows} == set(TRAINERS)
     # one row per case × class × metric and output: no duplicates
     keys = [(r.trainer, r.fold, r.cls, r.case, r.metric, r.split, r.output) for r in rows]
@@ -255,7 +258,7 @@ def test_refined_vs_segmentor_decision_and_speed_sections(bench):
         assert float(dice) == pytest.approx(chosen[fold], abs=6e-5)
     # speed: from the records (median over folds) and the measured test predictions
     speed = {(row[0], row[1]): row[2:] for row in _table(md, "Trainer", after="## Speed")}
-    assert set(speed) == {(BASE, "segmentor"), (HIDIFF, "refined"), (HIDIFF, "segmentor")}
+    assert set(speed) == {(BASE, "segmentor"), (HIDIFF, "refined"), (HIDIFF, "segmentor"), (HIDIFF, "decided")}
     for t in TRAINERS:
         per_iteration = np.median([_record(bench, t, f)["seconds_per_iteration"] for f in (0, 1)])
         assert speed[(t, OUTPUTS[t][0])][0] == fmt_speed(per_iteration)
@@ -269,6 +272,40 @@ def test_refined_vs_segmentor_decision_and_speed_sections(bench):
     # the Budget column: from the records
     status = {row[0]: row[1] for row in _table(md, "Trainer", after="Reference trainer")}
     assert status == {BASE: "1 epoch × 2 iterations", HIDIFF: "1 epoch × 2 iterations"}
+
+
+def test_the_test_set_as_decided_follows_the_fold_decisions(bench):
+    """``test/<HiDiff>__decided`` is predicted with no setting forced: where both folds decided alike it is the
+    forced prediction of that output, file for file; the decision section's test table matches the CSV."""
+    decisions = [_record(bench, HIDIFF, f)["decision"] for f in (0, 1)]
+    test = bench["out"] / "test"
+    decided = sorted((test / f"{HIDIFF}__decided").glob("*.nii.gz"))
+    assert [p.name for p in decided] == ["tiny_006.nii.gz", "tiny_007.nii.gz"]
+    same = {(bool(d["refine"]), d.get("combine", "none"), d["steps"] if d["refine"] else 0) for d in decisions}
+    refined_steps = {_record(bench, HIDIFF, f)["validation"]["refined"]["steps"] for f in (0, 1)}
+    if same == {(False, "none", 0)}:
+        forced = "segmentor"
+    elif len(same) == 1 and next(iter(same))[1] == "none" and {next(iter(same))[2]} == refined_steps:
+        forced = "refined"
+    else:
+        forced = None  # the folds disagree (or combine): the ensemble mixes outputs, no forced run to compare with
+    if forced:
+        for p in decided:
+            a = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+            b = sitk.GetArrayFromImage(sitk.ReadImage(str(test / f"{HIDIFF}__{forced}" / p.name)))
+            assert np.array_equal(a, b), (p.name, forced, decisions)
+    rows = read_csv(bench["out"] / "results.csv")
+    md = (bench["out"] / "summary.md").read_text()
+    table = {row[1]: row for row in _table(md, "Trainer", after="Test set: the fold ensemble predicted")}
+    assert set(table) == {"Dice", "HD95"}
+    for metric, digits in (("Dice", 4), ("HD95", 3)):
+        per_case = {}
+        for r in rows:
+            if (r.trainer, r.output, r.metric, r.split) == (HIDIFF, "decided", metric, "test"):
+                per_case.setdefault(r.case, []).append(r.value)
+        mean = nan_mean([nan_mean(v) for v in per_case.values()])
+        if math.isfinite(mean):
+            assert float(table[metric][4].split(" ± ")[0]) == pytest.approx(mean, abs=10 ** -digits)
 
 
 def test_small_object_table_matches_the_fold_summaries(bench):
@@ -301,9 +338,9 @@ def test_png_logs_and_progress(bench):
     data = (out / "benchmark.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     logs = sorted(p.name for p in (out / "logs").iterdir())
-    assert len([n for n in logs if "__train__" in n]) == 4 and len([n for n in logs if "__predict__" in n]) == 3
-    assert len([n for n in logs if n.startswith(f"{HIDIFF}__test-refined__predict__")]) == 1
-    assert len([n for n in logs if n.startswith(f"{HIDIFF}__test-segmentor__predict__")]) == 1
+    assert len([n for n in logs if "__train__" in n]) == 4 and len([n for n in logs if "__predict__" in n]) == 4
+    for output in ("refined", "segmentor", "decided"):
+        assert len([n for n in logs if n.startswith(f"{HIDIFF}__test-{output}__predict__")]) == 1
     assert "nnUNetv2_train" in (out / "logs" / logs[0]).read_text().splitlines()[0]
     assert "Epoch 0" not in proc.stdout  # nnU-Net's output goes to the logs, not the terminal
     assert f"{HIDIFF} fold 1: train done" in proc.stdout
@@ -345,7 +382,7 @@ def test_test_fov_restricts_the_added_metrics(bench, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_csv(out / "results.csv")
     fov_rows = [r for r in rows if r.split == "test" and r.metric == "Dice_FOV"]
-    assert len(fov_rows) == 3 * 2 * 2  # (baseline, HiDiff refined, its segmentor alone) × cases × classes
+    assert len(fov_rows) == 4 * 2 * 2  # (baseline, HiDiff refined, segmentor alone, as decided) × cases × classes
     md = (out / "summary.md").read_text()
     assert "FOV masks" in md and "| Dice_FOV |" in md
     for label, _, cls, _, dice, _, _ in _table(md, "Trainer", after="## Held-out test set"):
@@ -364,7 +401,8 @@ def test_test_folds_choose_the_ensemble(bench, tmp_path):
     proc = _run([*args, "--collect-only", "--test-folds", "1"], bench["env"])
     assert proc.returncode == 0, proc.stderr[-4000:]
     for name, folder, refine in ((BASE, BASE, None), (f"{HIDIFF} (refined)", f"{HIDIFF}__refined", "1"),
-                                 (f"{HIDIFF} (segmentor)", f"{HIDIFF}__segmentor", "0")):
+                                 (f"{HIDIFF} (segmentor)", f"{HIDIFF}__segmentor", "0"),
+                                 (f"{HIDIFF} (decided)", f"{HIDIFF}__decided", "decision")):
         assert f"{name}: test set predicted with folds [1] in" in proc.stdout
         marker = json.loads((out / "test" / folder / ".benchmark_prediction.json").read_text())
         assert marker["inputs"]["folds"] == [1] and marker["inputs"].get("nnUNet_HiDiff_refine") == refine

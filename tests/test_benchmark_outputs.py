@@ -16,7 +16,7 @@ import pytest
 from scipy.stats import ttest_rel, wilcoxon
 
 from nnunetv2_hidiff.benchmark import cli
-from nnunetv2_hidiff.benchmark.collect import CSV_COLUMNS, REFINED, SEGMENTOR, read_csv
+from nnunetv2_hidiff.benchmark.collect import CSV_COLUMNS, DECIDED, REFINED, SEGMENTOR, read_csv
 
 DATASET = "Dataset991_Fake"
 BASE, HIDIFF, LEGACY = "nnUNetTrainerBaseline_smoke", "nnUNetTrainerHiDiff_smoke", "nnUNetTrainerHiDiff_real_smoke"
@@ -33,10 +33,13 @@ TEST_VALUES = {  # prediction folder name -> case -> (Dice, HD95)
     BASE: {"t0": (0.50, 5.0), "t1": (0.60, 4.0)},
     f"{HIDIFF}__refined": {"t0": (0.70, 3.0), "t1": (0.80, 2.0)},
     f"{HIDIFF}__segmentor": {"t0": (0.65, 3.5), "t1": (0.75, 2.5)},
+    f"{HIDIFF}__decided": {"t0": (0.66, 3.0), "t1": (0.77, 2.0)},
     f"{LEGACY}__refined": {"t0": (0.40, 6.0), "t1": (0.45, 6.5)},
     f"{LEGACY}__segmentor": {"t0": (0.42, 6.0), "t1": (0.47, 6.5)},
+    f"{LEGACY}__decided": {"t0": (0.40, 6.0), "t1": (0.45, 6.5)},
 }
 PREDICT_SECONDS = {None: 2.0, "1": 10.0, "0": 4.0}  # by nnUNet_HiDiff_refine
+FORCED = {"nnUNet_HiDiff_combine": "union", "nnUNet_HiDiff_steps": "3"}  # set by the user: as decided drops them
 BUDGET = {"epochs": 3, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "warmup_epochs": 0,
           "batch_size": 2}
 DECISIONS = {0: {"refine": True, "steps": 2, "reason": "Dice +0.100, HD95 not worse",
@@ -119,11 +122,14 @@ def fake_env(tmp_path, monkeypatch):
     for case in TEST_CASES:
         (images / f"{case}_0000.nii.gz").write_bytes(b"")
         (labels / f"{case}.nii.gz").write_bytes(b"")
-    calls = []
+    calls, forced = [], []
+    for k, v in FORCED.items():
+        monkeypatch.setenv(k, v)
 
     def fake_run_logged(cmd, env, log_file):
         """nnUNetv2_predict: writes the case files into -o and takes PREDICT_SECONDS."""
         calls.append((list(cmd), env.get("nnUNet_HiDiff_refine")))
+        forced.append({k: env[k] for k in FORCED if k in env})
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log_file.write_text("$ " + " ".join(cmd) + "\n")
         out = Path(cmd[cmd.index("-o") + 1])
@@ -145,7 +151,7 @@ def fake_env(tmp_path, monkeypatch):
     argv = ["-d", "991", "--trainers", BASE, HIDIFF, LEGACY, "--folds", "0", "1", "--collect-only",
             "--allow-unequal-budgets", "--test-images", str(images), "--test-labels", str(labels), "-np", "1",
             "-o", str(out)]
-    return {"results": results, "out": out, "argv": argv, "calls": calls}
+    return {"results": results, "out": out, "argv": argv, "calls": calls, "forced": forced}
 
 
 @pytest.fixture
@@ -187,9 +193,9 @@ def test_output_column_and_both_outputs_of_a_hidiff_fold(bench):
     outputs = {(r.trainer, r.split, r.output) for r in rows}
     assert outputs == {(BASE, "validation", SEGMENTOR), (BASE, "test", SEGMENTOR),
                        (HIDIFF, "validation", REFINED), (HIDIFF, "validation", SEGMENTOR),
-                       (HIDIFF, "test", REFINED), (HIDIFF, "test", SEGMENTOR),
+                       (HIDIFF, "test", REFINED), (HIDIFF, "test", SEGMENTOR), (HIDIFF, "test", DECIDED),
                        (LEGACY, "validation", REFINED),  # older layout: validation/ only, counted as refined
-                       (LEGACY, "test", REFINED), (LEGACY, "test", SEGMENTOR)}
+                       (LEGACY, "test", REFINED), (LEGACY, "test", SEGMENTOR), (LEGACY, "test", DECIDED)}
     for (trainer, output), values in VALUES.items():
         got = {r.case: r.value for r in rows if (r.trainer, r.output, r.metric, r.split)
                == (trainer, output, "Dice", "validation")}
@@ -199,7 +205,7 @@ def test_output_column_and_both_outputs_of_a_hidiff_fold(bench):
     assert len(keys) == len(set(keys))
     # sorted: trainer order, then refined before segmentor
     hidiff_outputs = [r.output for r in rows if r.trainer == HIDIFF]
-    assert hidiff_outputs == sorted(hidiff_outputs, key=[REFINED, SEGMENTOR].index)
+    assert hidiff_outputs == sorted(hidiff_outputs, key=[REFINED, SEGMENTOR, DECIDED].index)
 
 
 def test_test_set_is_predicted_refined_and_segmentor_alone_for_hidiff(bench):
@@ -207,11 +213,17 @@ def test_test_set_is_predicted_refined_and_segmentor_alone_for_hidiff(bench):
     by_trainer = {}
     for cmd, refine in calls:
         by_trainer.setdefault(cmd[cmd.index("-tr") + 1], []).append((refine, Path(cmd[cmd.index("-o") + 1]).name))
-    assert by_trainer == {BASE: [(None, BASE)], HIDIFF: [("1", f"{HIDIFF}__refined"), ("0", f"{HIDIFF}__segmentor")],
-                          LEGACY: [("1", f"{LEGACY}__refined"), ("0", f"{LEGACY}__segmentor")]}
-    for name, refine in ((f"{HIDIFF}__refined", "1"), (f"{HIDIFF}__segmentor", "0")):
+    assert by_trainer == {BASE: [(None, BASE)],
+                          **{t: [("1", f"{t}__refined"), ("0", f"{t}__segmentor"), (None, f"{t}__decided")]
+                             for t in (HIDIFF, LEGACY)}}
+    # the user's forced settings reach every prediction except the as-decided ones
+    names = [Path(cmd[cmd.index("-o") + 1]).name for cmd, _ in calls]
+    assert [f for f, n in zip(bench["forced"], names) if n.endswith("__decided")] == [{}, {}]
+    assert all(f == FORCED for f, n in zip(bench["forced"], names) if not n.endswith("__decided"))
+    for name, refine in ((f"{HIDIFF}__refined", "1"), (f"{HIDIFF}__segmentor", "0"), (f"{HIDIFF}__decided", "decision")):
         marker = json.loads((out / "test" / name / ".benchmark_prediction.json").read_text())
-        assert marker["inputs"]["nnUNet_HiDiff_refine"] == refine and marker["seconds"] == PREDICT_SECONDS[refine]
+        assert marker["inputs"]["nnUNet_HiDiff_refine"] == refine
+        assert marker["seconds"] == PREDICT_SECONDS[refine if refine != "decision" else None]
     assert "nnUNet_HiDiff_refine" not in json.loads((out / "test" / BASE / ".benchmark_prediction.json").read_text())[
         "inputs"]
     for name, values in TEST_VALUES.items():
@@ -221,6 +233,7 @@ def test_test_set_is_predicted_refined_and_segmentor_alone_for_hidiff(bench):
         assert got == {c: d for c, (d, _) in values.items()}, name
     assert f"{HIDIFF} (refined): test set predicted with folds [0, 1] in 10 s" in bench["stdout"]
     assert f"{HIDIFF} (segmentor): test set predicted with folds [0, 1] in 4 s" in bench["stdout"]
+    assert f"{HIDIFF} (decided): test set predicted with folds [0, 1] in 2 s" in bench["stdout"]
 
 
 def test_both_test_predictions_are_reused_and_redone_separately(bench, capsys):
@@ -231,6 +244,7 @@ def test_both_test_predictions_are_reused_and_redone_separately(bench, capsys):
     stdout = capsys.readouterr().out
     assert f"{HIDIFF} (refined): test set predicted with folds [0, 1] (reused)" in stdout
     assert f"{HIDIFF} (segmentor): test set predicted with folds [0, 1] (reused)" in stdout
+    assert f"{HIDIFF} (decided): test set predicted with folds [0, 1] (reused)" in stdout
     assert (out / "results.csv").read_bytes() == before
     # a marker that no longer matches (here: the segmentor-alone one names another setting) is predicted again
     marker = out / "test" / f"{HIDIFF}__segmentor" / ".benchmark_prediction.json"
@@ -313,6 +327,18 @@ def test_decision_section_and_as_decided_result(bench):
     assert summary[HIDIFF] == [HIDIFF, "2", "1 of 2", f"{np.mean(decided):.4f} ± {np.std(decided, ddof=1):.4f}",
                                "4.000 ± 0.000"]
     assert summary[LEGACY][2] == "2 of 2 (2 without a decision)"  # older folds always refined
+    # the test set as decided (measured, output "decided") against the same ensemble's segmentor alone and refined
+    test = {(row[0], row[1]): row[2:] for row in table(md, "Trainer", after="Test set: the fold ensemble predicted")}
+    seg, ref, dec = (TEST_VALUES[f"{HIDIFF}__{o}"] for o in ("segmentor", "refined", "decided"))
+    dice_w = wilcoxon([dec[c][0] - seg[c][0] for c in TEST_CASES])
+    assert test[(HIDIFF, "Dice")] == [
+        *(f"{np.mean([v[c][0] for c in TEST_CASES]):.4f} ± {np.std([v[c][0] for c in TEST_CASES], ddof=1):.4f}"
+          for v in (seg, ref, dec)),
+        f"{np.mean([dec[c][0] - seg[c][0] for c in TEST_CASES]):.4f}", "2 of 2 cases", f"{dice_w.pvalue:.4g}"]
+    assert test[(HIDIFF, "HD95")][2:5] == ["2.500 ± 0.707", "-0.500", "2 of 2 cases"]
+    assert test[(LEGACY, "Dice")][3:5] == ["-0.0200", "0 of 2 cases"]
+    # the as-decided rows are no series of their own: the main test table keeps refined and segmentor alone
+    assert not any("decided" in row[0] for row in table(md, "Trainer", after="## Held-out test set"))
 
 
 def test_speed_section(bench):
@@ -324,7 +350,8 @@ def test_speed_section(bench):
     assert rows[(HIDIFF, SEGMENTOR)] == ["", "0.3 s", "2 s"]
     assert rows[(LEGACY, REFINED)] == ["—", "—", "5 s"]
     wall = {row[0]: row for row in table(bench["md"], "Trainer", after="## Wall time")}
-    assert wall[HIDIFF][-1] == "10.0 s (refined) + 4.0 s (segmentor)" and wall[BASE][-1] == "2.0 s"
+    assert rows[(HIDIFF, DECIDED)] == ["", "—", "1 s"]
+    assert wall[HIDIFF][-1] == "10.0 s (refined) + 4.0 s (segmentor) + 2.0 s (decided)" and wall[BASE][-1] == "2.0 s"
 
 
 def test_budget_and_warm_start_come_from_the_records(bench):

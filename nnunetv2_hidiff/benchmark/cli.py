@@ -14,8 +14,9 @@ held-out test set with each trainer's fold ensemble (``--test-folds``), and writ
 * ``benchmark.png``: per-fold Dice and HD95, trainers (and HiDiff segmentors alone) side by side;
 * ``logs/``: one log file per nnU-Net subprocess; ``timings.json``: measured training times; ``test/``: test-set
   predictions (reused while the folds and images are unchanged): ``test/<trainer>`` for plain trainers,
-  ``test/<trainer>__refined`` and ``test/<trainer>__segmentor`` for HiDiff trainers, predicted with
-  ``nnUNet_HiDiff_refine=1`` and ``=0``.
+  ``test/<trainer>__refined``, ``test/<trainer>__segmentor`` and ``test/<trainer>__decided`` for HiDiff trainers,
+  predicted with ``nnUNet_HiDiff_refine=1``, ``=0``, and with none of the prediction settings (each fold as its
+  decision says).
 
 A HiDiff fold (see nnunetv2_hidiff.training.fold_record) contributes its ``validation_refined/`` and
 ``validation_segmentor/`` summaries; budgets, warm starts, decisions and speeds come from the folds'
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .budget import BenchmarkError, check_equal_budgets, resolve_trainers
-from .collect import (ENSEMBLE, REFINED, SEGMENTOR, TEST, VALIDATION, Collected, collect_summary,
+from .collect import (DECIDED, ENSEMBLE, REFINED, SEGMENTOR, TEST, VALIDATION, Collected, collect_summary,
                       has_hidiff_metrics, is_hidiff, load_summary, sort_rows, write_csv)
 from .report import Prediction, ReportInput, write_figure, write_markdown
 from .runner import (COMPLETE, Job, JobResult, TimingStore, checkpoint_id, cli_path, fold_folder, fold_records,
@@ -165,17 +166,34 @@ def _test_cases(images: Path, file_ending: str) -> List[str]:
     return sorted(p.name[: -len(suffix)] for p in images.iterdir() if p.name.endswith(suffix))
 
 
+FOLLOW_DECISION = "decision"  # the `refine` of a prediction that forces no setting: each fold follows its decision
+FORCING_VARIABLES = ("nnUNet_HiDiff_refine", "nnUNet_HiDiff_combine", "nnUNet_HiDiff_steps")
+_OUTPUT_OF_REFINE = {"1": REFINED, "0": SEGMENTOR, FOLLOW_DECISION: DECIDED}
+
+
 def test_outputs(hidiff: bool) -> List[Tuple[str, Optional[str]]]:
     """(output, value of nnUNet_HiDiff_refine) per test-set prediction of a trainer: HiDiff trainers predict
-    refined (``1``) and with the segmentor alone (``0``); the others once, without the variable."""
-    return [(REFINED, "1"), (SEGMENTOR, "0")] if hidiff else [(SEGMENTOR, None)]
+    refined (``1``), with the segmentor alone (``0``) and as decided (:data:`FOLLOW_DECISION`: none of
+    :data:`FORCING_VARIABLES` set); the others once, with the environment as it is."""
+    return [(REFINED, "1"), (SEGMENTOR, "0"), (DECIDED, FOLLOW_DECISION)] if hidiff else [(SEGMENTOR, None)]
 
 
 def test_prediction_dir(out: Path, trainer: str, refine: Optional[str]) -> Path:
-    """``test/<trainer>`` (plain trainers), ``test/<trainer>__refined`` / ``__segmentor`` (HiDiff)."""
+    """``test/<trainer>`` (plain trainers), ``test/<trainer>__refined`` / ``__segmentor`` / ``__decided``
+    (HiDiff)."""
     if refine is None:
         return out / "test" / trainer
-    return out / "test" / f"{trainer}__{REFINED if refine == '1' else SEGMENTOR}"
+    return out / "test" / f"{trainer}__{_OUTPUT_OF_REFINE[refine]}"
+
+
+def prediction_env(env: Dict[str, str], refine: Optional[str]) -> Dict[str, str]:
+    """The environment of a test-set prediction: ``env`` as it is (None), with nnUNet_HiDiff_refine set (``1``,
+    ``0``), or without any of :data:`FORCING_VARIABLES` (:data:`FOLLOW_DECISION`)."""
+    if refine is None:
+        return dict(env)
+    if refine == FOLLOW_DECISION:
+        return {k: v for k, v in env.items() if k not in FORCING_VARIABLES}
+    return dict(env, nnUNet_HiDiff_refine=refine)
 
 
 def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, folds: List[int], out_dir: Path,
@@ -194,7 +212,7 @@ def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, fold
     }
     if refine is not None:
         expected["nnUNet_HiDiff_refine"] = refine
-        env = dict(env, nnUNet_HiDiff_refine=refine)
+    env = prediction_env(env, refine)
     marker = out_dir / ".benchmark_prediction.json"
     if marker.is_file() and all((out_dir / (c + file_ending)).is_file() for c in cases):
         try:
@@ -211,7 +229,7 @@ def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, fold
            "-device", args.device, "-npp", str(n_proc), "-nps", str(n_proc)]
     if args.disable_tta:
         cmd.append("--disable_tta")
-    label = "test" if refine is None else f"test-{REFINED if refine == '1' else SEGMENTOR}"
+    label = "test" if refine is None else f"test-{_OUTPUT_OF_REFINE[refine]}"
     log = logs / log_name(trainer, label, "predict")
     rc, seconds = run_logged(cmd, env, log)
     if rc != 0 or not all((out_dir / (c + file_ending)).is_file() for c in cases):

@@ -14,7 +14,9 @@ results.csv has the columns ``trainer, fold, class, case, metric, value, split, 
 * ``output``: ``refined`` or ``segmentor``: which output of the trainer was evaluated. A HiDiff fold contributes
   both, from ``validation_refined/summary.json`` and ``validation_segmentor/summary.json`` (a fold of the older
   layout, with only ``validation/summary.json``, counts as ``refined``); the test set is predicted with
-  ``nnUNet_HiDiff_refine=1`` and ``=0``. Plain nnU-Net and Baseline rows are ``segmentor``. A results.csv written
+  ``nnUNet_HiDiff_refine=1`` and ``=0``, and a third time, output ``decided``, with none of
+  ``nnUNet_HiDiff_refine/_combine/_steps`` set, i.e. as each fold's decision says (its validation counterpart is
+  the fold record's, see the summary's decision section). Plain nnU-Net and Baseline rows are ``segmentor``. A results.csv written
   before this column existed is read with each trainer's primary output (:func:`primary_output`).
 
 A trainer is HiDiff (:func:`is_hidiff`) when its fold records (``hidiff_fold.json``) say kind ``hidiff``, or,
@@ -42,7 +44,8 @@ VALIDATION, TEST = "validation", "test"
 ENSEMBLE = "ensemble"
 FOREGROUND = "foreground"  # the mean over classes, next to the class names in the report
 REFINED, SEGMENTOR = "refined", "segmentor"
-OUTPUT_ORDER = (REFINED, SEGMENTOR)
+OUTPUT_ORDER = (REFINED, SEGMENTOR)  # the outputs a HiDiff fold validates (validation_refined/, _segmentor/)
+DECIDED = "decided"  # test set only: predicted as each fold's decision says (no setting forced)
 HIDIFF_PREFIX = "nnUNetTrainerHiDiff"
 
 
@@ -147,11 +150,11 @@ def has_hidiff_metrics(summary: dict) -> bool:
 
 
 def sort_rows(rows: Iterable[Row], trainer_order: Sequence[str]) -> List[Row]:
-    """Trainers in the given order, then output (refined first), split, fold (numbers first), case, and class and
+    """Trainers in the given order, then output (refined, segmentor, decided), split, fold (numbers first), case, and class and
     metric in the order they first appear (the summary's label and metric order)."""
     rows = list(rows)
     order = {t: i for i, t in enumerate(trainer_order)}
-    output_order = {o: i for i, o in enumerate(OUTPUT_ORDER)}
+    output_order = {o: i for i, o in enumerate(OUTPUT_ORDER + (DECIDED,))}
     split_order = {VALIDATION: 0, TEST: 1}
     cls_pos: Dict[str, int] = {}
     metric_pos: Dict[str, int] = {}

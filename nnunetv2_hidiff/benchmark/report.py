@@ -25,7 +25,7 @@ from typing import Dict, List
 
 from nnunetv2_hidiff.atomic import atomic_write_bytes, atomic_write_text
 
-from .collect import FOREGROUND, REFINED, SEGMENTOR, TEST, VALIDATION
+from .collect import DECIDED, FOREGROUND, REFINED, SEGMENTOR, TEST, VALIDATION
 from .report_base import (HD95, HOW_TO_READ, Prediction, ReportInput, _dice_metric, _table,  # noqa: F401 (re-exported)
                           case_values, classes, fmt, fmt_duration, fmt_mean_std, fmt_p, fmt_ratio, fmt_speed,
                           fold_means, folds_of, nan_ratio, series_view)
@@ -120,7 +120,7 @@ def _wall_time_section(inp: ReportInput) -> List[str]:
 
 
 def _test_wall_time(inp: ReportInput, trainer: str) -> str:
-    runs = [(o, inp.test_predictions[(trainer, o)]) for o in (REFINED, SEGMENTOR)
+    runs = [(o, inp.test_predictions[(trainer, o)]) for o in (REFINED, SEGMENTOR, DECIDED)
             if (trainer, o) in inp.test_predictions]
     if len(runs) <= 1:
         return fmt_duration(runs[0][1].seconds) if runs else "n/a"

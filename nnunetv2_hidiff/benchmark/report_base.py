@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .collect import FOREGROUND, REFINED, SEGMENTOR, TEST, VALIDATION, Row, primary_output
+from .collect import DECIDED, FOREGROUND, REFINED, SEGMENTOR, TEST, VALIDATION, Row, primary_output
 from .small_objects import SmallObjects
 from .stats import PairedResult, nan_mean, nan_std
 
@@ -18,7 +18,8 @@ HOW_TO_READ = """\
   Baseline trainers) or, for HiDiff trainers, `validation_refined/summary.json` (refinement on: the row of the
   trainer itself) and `validation_segmentor/summary.json` (the row "…, its segmentor alone"; `validation/` of an
   older HiDiff fold counts as refined), all extended by `nnunetv2_hidiff.evaluation` (nnU-Net's own keys are
-  unchanged). Every metric here can be recomputed from `results.csv` (column `output`: refined or segmentor).
+  unchanged). Every metric here can be recomputed from `results.csv` (column `output`: refined, segmentor, or
+  decided for the test set as decided).
 - **Per-fold mean**: NaN-ignoring mean over the fold's validation cases. **mean ± std**: over folds of the per-fold
   means (sample std, ddof = 1; "n/a" with one fold). **foreground**: NaN-ignoring mean over the classes.
 - **Empty masks** (per case and class): reference and prediction both empty → Dice, IoU, HD95 are NaN (nothing to
@@ -33,7 +34,8 @@ HOW_TO_READ = """\
   few folds/cases they are weak evidence either way.
 - **Refined vs its own segmentor**: the same tests with the differences refined − segmentor of one HiDiff model
   (positive Dice / negative HD95 difference = refinement helped). **As decided**: per fold the output the fold's
-  decision (`hidiff_fold.json`) picks for prediction; without a decision, refined.
+  decision (`hidiff_fold.json`) picks for prediction; without a decision, refined. On the test set "as decided" is
+  measured: the fold ensemble predicted with no setting forced (`test/<trainer>__decided`, output `decided`).
 - **Speed**: seconds per training iteration and per validation case from the folds' `hidiff_fold.json` (median over
   the folds that have one; "—" where unknown); seconds per test case = wall time of the `nnUNetv2_predict` run
   (start-up and the fold ensemble included) / test cases.
@@ -94,7 +96,8 @@ def segmentor_label(trainer: str) -> str:
 
 def series_view(inp: ReportInput) -> ReportInput:
     """``inp`` with one "trainer" per series: the trainers (HiDiff: refined) and, after each HiDiff trainer, its
-    segmentor alone; rows, empty-mask counts, small objects and test folds relabelled accordingly."""
+    segmentor alone; rows, empty-mask counts, small objects and test folds relabelled accordingly. The test set's
+    as-decided rows (output ``decided``) are no series: the decision section reports them."""
     hidiff = set(inp.hidiff_trainers())
     labels = [x for t in inp.trainers for x in ([t, segmentor_label(t)] if t in hidiff else [t])]
 
@@ -105,7 +108,8 @@ def series_view(inp: ReportInput) -> ReportInput:
     def relabel_keys(data: Dict[Tuple[str, ...], Dict[str, dict]]) -> Dict[Tuple[str, ...], Dict[str, dict]]:
         return {(label(k[0], k[3] if len(k) > 3 else None), *k[1:3]): v for k, v in data.items()}
 
-    return replace(inp, trainers=labels, rows=[replace(r, trainer=label(r.trainer, r.output)) for r in inp.rows],
+    rows = [replace(r, trainer=label(r.trainer, r.output)) for r in inp.rows if r.output != DECIDED]
+    return replace(inp, trainers=labels, rows=rows,
                    nan_counts=relabel_keys(inp.nan_counts), small_objects=relabel_keys(inp.small_objects),
                    test_folds={label(t, o): f for t, f in inp.test_folds.items() for o in (REFINED, SEGMENTOR)},
                    hidiff=[])

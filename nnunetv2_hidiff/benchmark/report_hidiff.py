@@ -6,7 +6,7 @@ import math
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .collect import FOREGROUND, REFINED, SEGMENTOR, TEST, VALIDATION
+from .collect import DECIDED, FOREGROUND, REFINED, SEGMENTOR, TEST, VALIDATION
 from .report_base import (HD95, ReportInput, _dice_metric, _table, case_values, cell, fmt, fmt_mean_std, fmt_p,
                           fmt_speed, fold_key, fold_means, segmentor_label)
 from .stats import paired_differences, ttest_paired, wilcoxon_paired
@@ -159,6 +159,32 @@ def _decision_section(inp: ReportInput, view: ReportInput) -> List[str]:
     lines += ["", "Mean ± std over folds of the as-decided per-fold results:", ""]
     lines += _table(["Trainer", "Folds", "Folds that refine", "Dice (fg), as decided", "HD95 (fg), as decided"],
                     summary)
+    return lines + [""] + _decided_test_lines(inp, view, hidiff)
+
+
+def _decided_test_lines(inp: ReportInput, view: ReportInput, hidiff: Sequence[str]) -> List[str]:
+    """The test set predicted as decided (output ``decided``) next to the same ensemble's segmentor alone and
+    refined output; as decided − segmentor over the test cases (Wilcoxon). Empty without such rows."""
+    decided_rows = [r for r in inp.rows if r.output == DECIDED and r.split == TEST]
+    table = []
+    for t in hidiff:
+        for metric in (_dice_metric(TEST, inp.test_fov), HD95):
+            decided = case_values(decided_rows, t, TEST, metric, FOREGROUND)
+            if not decided:
+                continue
+            segmentor = case_values(view.rows, segmentor_label(t), TEST, metric, FOREGROUND)
+            refined = case_values(view.rows, t, TEST, metric, FOREGROUND)
+            w = wilcoxon_paired(segmentor, decided)
+            digits = 3 if metric == HD95 else 4
+            table.append([t, metric, *(fmt_mean_std(list(v.values()), digits) for v in (segmentor, refined, decided)),
+                          fmt(w.mean_diff, digits), _helped(segmentor, decided, metric, "cases"), fmt_p(w)])
+    if not table:
+        return []
+    lines = ["Test set: the fold ensemble predicted as decided (no setting forced; each fold follows its own "
+             "decision) next to the same ensemble's segmentor alone and refined output; foreground mean ± std over "
+             "the test cases; difference as decided − segmentor, Wilcoxon over the cases:", ""]
+    lines += _table(["Trainer", "Metric", "Segmentor alone", "Refined", "As decided", "Mean diff (decided − seg.)",
+                     "Decided better", "Wilcoxon p"], table)
     return lines + [""]
 
 
@@ -194,6 +220,8 @@ def _speed_section(inp: ReportInput) -> List[str]:
     table = []
     for t in inp.trainers:
         outputs = [REFINED, SEGMENTOR] if t in hidiff else [SEGMENTOR]
+        if t in hidiff and (t, DECIDED) in inp.test_predictions:
+            outputs.append(DECIDED)
         for i, output in enumerate(outputs):
             row = [t, output, fmt_speed(seconds_per_iteration(inp, t)) if i == 0 else "",
                    fmt_speed(validation_seconds_per_case(inp, t, output))]
