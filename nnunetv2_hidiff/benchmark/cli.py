@@ -200,7 +200,8 @@ def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, fold
                   logs: Path, env: Dict[str, str], n_proc: int, file_ending: str,
                   refine: Optional[str] = None) -> tuple:
     """Predict (or reuse) the test set with the ensemble of ``folds`` (``refine``: the value of
-    nnUNet_HiDiff_refine, None to leave the environment as it is); returns (ok, seconds or None, log or None,
+    nnUNet_HiDiff_refine, :data:`FOLLOW_DECISION` to unset the forcing variables, None to leave the environment
+    as it is; see :func:`prediction_env`); returns (ok, seconds or None, log or None,
     number of cases). The seconds of a reused prediction are those measured when it was made."""
     images = Path(args.test_images).resolve()
     cases = _test_cases(images, file_ending)
