@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from nnunetv2_hidiff.training.inference_settings import ENV_COMBINE, ENV_REFINE, ENV_STEPS
+
 from .budget import BenchmarkError, check_equal_budgets, resolve_trainers
 from .collect import (DECIDED, ENSEMBLE, REFINED, SEGMENTOR, TEST, VALIDATION, Collected, collect_summary,
                       has_hidiff_metrics, is_hidiff, load_summary, sort_rows, write_csv)
@@ -167,7 +169,7 @@ def _test_cases(images: Path, file_ending: str) -> List[str]:
 
 
 FOLLOW_DECISION = "decision"  # the `refine` of a prediction that forces no setting: each fold follows its decision
-FORCING_VARIABLES = ("nnUNet_HiDiff_refine", "nnUNet_HiDiff_combine", "nnUNet_HiDiff_steps")
+FORCING_VARIABLES = (ENV_REFINE, ENV_COMBINE, ENV_STEPS)  # the settings that override a fold's decision
 _OUTPUT_OF_REFINE = {"1": REFINED, "0": SEGMENTOR, FOLLOW_DECISION: DECIDED}
 
 
