@@ -252,10 +252,17 @@ def test_refined_vs_segmentor_decision_and_speed_sections(bench):
     decisions = _table(md, "Trainer", after="## The decision")
     assert [(row[0], row[1]) for row in decisions] == [(HIDIFF, "0"), (HIDIFF, "1")]
     for _, fold, refine, steps, _, dice, _ in decisions:
-        decision = _record(bench, HIDIFF, fold)["decision"]
-        assert refine == ("yes" if decision["refine"] else "no") and steps.split()[0] == str(decision["steps"])
-        chosen = ref if decision["refine"] else seg
-        assert float(dice) == pytest.approx(chosen[fold], abs=6e-5)
+        record = _record(bench, HIDIFF, fold)
+        decision, combine = record["decision"], record["decision"].get("combine", "none")
+        expected = "no" if not decision["refine"] else "yes" + (
+            "" if combine == "none" else f" (combined with the segmentor: {combine})")
+        assert refine == expected and steps.split()[0] == str(decision["steps"])
+        if decision["refine"] and combine != "none":  # a combination: its validation result from the fold record
+            chosen = next(v["dice"] for v in record["validation"].values() if v.get("refine")
+                          and v.get("combine") == combine and v.get("steps") == decision["steps"])
+        else:
+            chosen = (ref if decision["refine"] else seg)[fold]
+        assert float(dice) == pytest.approx(chosen, abs=6e-5)
     # speed: from the records (median over folds) and the measured test predictions
     speed = {(row[0], row[1]): row[2:] for row in _table(md, "Trainer", after="## Speed")}
     assert set(speed) == {(BASE, "segmentor"), (HIDIFF, "refined"), (HIDIFF, "segmentor"), (HIDIFF, "decided")}

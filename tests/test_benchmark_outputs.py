@@ -396,3 +396,24 @@ def test_figure_has_a_bar_series_per_output(bench):
     inp = ReportInput(dataset="D", configuration="2d", plans="P", trainers=[BASE, HIDIFF], folds=[0, 1],
                       command="cmd", rows=bench["rows"], nan_counts={}, hidiff=[HIDIFF])
     assert series_view(inp).trainers == [BASE, HIDIFF, f"{HIDIFF}, its segmentor alone"]
+
+
+def test_the_forced_refined_test_prediction_uses_the_refined_validations_steps(tmp_path):
+    """A fold that decided for refinement at other steps (fold 0 of DECISIONS: 2 steps, as its refined
+    validation here; a record saying 5 below) must not make the forced refined test prediction use those: the
+    refined test row is predicted at the refined validation's steps, unless the user set nnUNet_HiDiff_steps;
+    folds that disagree leave the steps alone; the segmentor-alone and as-decided predictions get none."""
+    results = tmp_path / "results"
+    make_folds(results)
+    tdir = trainer_dir(results, HIDIFF)
+    assert cli.refined_validation_steps(tdir, [0, 1]) == 2
+    assert cli.prediction_env({}, "1", 2) == {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_steps": "2"}
+    assert cli.prediction_env({"nnUNet_HiDiff_steps": "7"}, "1", 2)["nnUNet_HiDiff_steps"] == "7"  # the user's
+    assert "nnUNet_HiDiff_steps" not in cli.prediction_env({}, "0", None)
+    assert cli.prediction_env({"nnUNet_HiDiff_steps": "7", "X": "y"}, cli.FOLLOW_DECISION) == {"X": "y"}
+    record = json.loads((tdir / "fold_1" / "hidiff_fold.json").read_text())
+    record["validation"]["refined"]["steps"] = 5
+    write_json(tdir / "fold_1" / "hidiff_fold.json", record)
+    assert cli.refined_validation_steps(tdir, [0, 1]) is None
+    assert cli.refined_validation_steps(tdir, [1]) == 5
+    assert cli.prediction_env({}, "1", None) == {"nnUNet_HiDiff_refine": "1"}

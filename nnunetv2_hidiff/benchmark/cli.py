@@ -188,14 +188,28 @@ def test_prediction_dir(out: Path, trainer: str, refine: Optional[str]) -> Path:
     return out / "test" / f"{trainer}__{_OUTPUT_OF_REFINE[refine]}"
 
 
-def prediction_env(env: Dict[str, str], refine: Optional[str]) -> Dict[str, str]:
+def refined_validation_steps(trainer_dir: Path, folds: Sequence[int]) -> Optional[int]:
+    """The steps of the folds' refined validation (``validation.refined.steps`` of their records), if they all
+    name the same; else None."""
+    steps = {((r or {}).get("validation") or {}).get("refined", {}).get("steps")
+             for r in fold_records(trainer_dir, folds).values()}
+    return steps.pop() if len(steps) == 1 and isinstance(next(iter(steps)), int) else None
+
+
+def prediction_env(env: Dict[str, str], refine: Optional[str], refined_steps: Optional[int] = None) -> Dict[str, str]:
     """The environment of a test-set prediction: ``env`` as it is (None), with nnUNet_HiDiff_refine set (``1``,
-    ``0``), or without any of :data:`FORCING_VARIABLES` (:data:`FOLLOW_DECISION`)."""
+    ``0``), or without any of :data:`FORCING_VARIABLES` (:data:`FOLLOW_DECISION`). The forced refined prediction
+    (``1``) uses ``refined_steps`` (the steps of the refined validation) unless the user set nnUNet_HiDiff_steps:
+    otherwise a fold that decided for refinement at other steps would predict the test set at those, and the
+    test set's refined row would not be the validation's."""
     if refine is None:
         return dict(env)
     if refine == FOLLOW_DECISION:
         return {k: v for k, v in env.items() if k not in FORCING_VARIABLES}
-    return dict(env, nnUNet_HiDiff_refine=refine)
+    out = dict(env, nnUNet_HiDiff_refine=refine)
+    if refine == "1" and refined_steps and not env.get(ENV_STEPS):
+        out[ENV_STEPS] = str(refined_steps)
+    return out
 
 
 def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, folds: List[int], out_dir: Path,
@@ -215,7 +229,9 @@ def _predict_test(args, dataset_name: str, trainer: str, trainer_dir: Path, fold
     }
     if refine is not None:
         expected["nnUNet_HiDiff_refine"] = refine
-    env = prediction_env(env, refine)
+    env = prediction_env(env, refine, refined_validation_steps(trainer_dir, folds) if refine == "1" else None)
+    if refine == "1" and env.get(ENV_STEPS):
+        expected[ENV_STEPS] = env[ENV_STEPS]
     marker = out_dir / ".benchmark_prediction.json"
     if marker.is_file() and all((out_dir / (c + file_ending)).is_file() for c in cases):
         try:
