@@ -393,17 +393,23 @@ def test_default_output_folder():
 
 
 def test_a_combined_decision_reads_its_validation_result_from_the_fold_record():
-    """A fold that decided for the segmentor plus new refined components has no row series of its own: the
-    as-decided result is the record's validation entry of that combination, and the decision table says so."""
-    from nnunetv2_hidiff.benchmark.report_hidiff import _combined_validation, _decision_cells
+    """A fold that decided for the segmentor plus new refined components, or for plain refinement at other steps
+    than its refined rows, has no row series of its own: the as-decided result is the record's validation entry
+    of that output, and the decision table says so."""
+    from nnunetv2_hidiff.benchmark.report_hidiff import _decided_validation, _decision_cells
 
     record = {"validation": {
+        "refined": {"refine": True, "steps": 10, "combine": "none", "dice": 0.6, "hd95": 4.0},
         "refined_1steps": {"refine": True, "steps": 1, "combine": "none", "dice": 0.7, "hd95": 3.0},
         "combined_1steps": {"refine": True, "steps": 1, "combine": "new_components", "dice": 0.8, "hd95": 2.0},
         "combined": {"refine": True, "steps": 10, "combine": "new_components", "dice": 0.75, "hd95": 2.5}}}
     decision = {"refine": True, "steps": 1, "combine": "new_components", "reason": "r"}
-    assert _combined_validation(decision, record)["dice"] == 0.8
-    assert _combined_validation({**decision, "combine": "none"}, record) is None
-    assert _combined_validation({**decision, "refine": False}, record) is None
-    assert _combined_validation({"refine": True, "steps": 1}, record) is None  # records before 2026-12-05
+    assert _decided_validation(decision, record)["dice"] == 0.8
+    assert _decided_validation({**decision, "steps": 10}, record)["dice"] == 0.75
+    assert _decided_validation({**decision, "combine": "none"}, record)["dice"] == 0.7  # other steps than the rows
+    assert _decided_validation({**decision, "combine": "none", "steps": 10}, record) is None  # the refined rows
+    assert _decided_validation({**decision, "refine": False}, record) is None
+    old = {"validation": {"refined": {"refine": True, "steps": 10, "dice": 0.6, "hd95": 4.0}}}
+    assert _decided_validation({"refine": True, "steps": 1}, old) is None  # records before 2026-12-05
+    assert _decision_cells({**decision, "combine": "none"}, record)[1] == "1 (refined validation: 10)"
     assert _decision_cells(decision, record)[0] == "yes (combined with the segmentor: new_components)"

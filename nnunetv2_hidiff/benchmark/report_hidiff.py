@@ -91,27 +91,36 @@ def decided_fold_means(inp: ReportInput, view: ReportInput, trainer: str, metric
     out = {}
     for f in sorted(set(refined) | set(segmentor), key=fold_key):
         decision = fold_decision(inp, trainer, f)
-        combined = _combined_validation(decision, inp.records.get(trainer, {}).get(f, {}))
-        if combined is not None:  # the combined output is not a row series: its fold mean from the record
-            out[f] = float(combined.get("dice" if metric == "Dice" else "hd95", math.nan))
+        entry = _decided_validation(decision, inp.records.get(trainer, {}).get(f, {}))
+        if entry is not None:  # not a row series (a combination, or other steps): the fold mean from the record
+            out[f] = float(entry.get("dice" if metric == "Dice" else "hd95", math.nan))
             continue
         out[f] = (refined if refines(decision) else segmentor).get(f, math.nan)
     return out
 
 
-def _combined_validation(decision: Optional[dict], record: dict) -> Optional[dict]:
-    """The record's validation entry of a fold that decided for a combination of the segmentor with the refined
-    output (networks/combine.py: new_components or union), None for any other decision."""
-    if not decision or not decision.get("refine") or decision.get("combine", "none") == "none":
+def _decided_validation(decision: Optional[dict], record: dict) -> Optional[dict]:
+    """The record's validation entry of the output a refining fold decided for when no row series holds it: a
+    combination of the segmentor with the refined output (networks/combine.py: new_components or union), or
+    plain refinement at other steps than the refined validation's (whose rows are the ``refined`` series).
+    None for any other decision, and where the record has no such entry (records before 2026-12-05)."""
+    if not decision or not decision.get("refine"):
         return None
     validation = record.get("validation") if isinstance(record.get("validation"), dict) else {}
+    combine = decision.get("combine", "none")
+    if combine == "none":
+        refined = validation.get(REFINED)
+        validated = refined.get("steps") if isinstance(refined, dict) else None
+        if validated is None or validated == decision.get("steps"):
+            return None
     return next((v for v in validation.values() if isinstance(v, dict) and v.get("refine")
-                 and v.get("combine") == decision["combine"] and v.get("steps") == decision.get("steps")), None)
+                 and v.get("combine", "none") == combine and v.get("steps") == decision.get("steps")), None)
 
 
 def _decision_cells(decision: Optional[dict], record: dict) -> List[str]:
     """Refine, Steps and Reason cells; Steps notes the refined validation's steps when the decided ones differ
-    (the as-decided result then uses the refined validation, at its own steps)."""
+    (the refined rows are at those; the as-decided result is the record's entry at the decided steps, where the
+    record has one)."""
     if decision is None:
         return ["— (no decision: refined)", "—", "—"]
     refine = decision.get("refine")
@@ -137,9 +146,9 @@ def _decision_section(inp: ReportInput, view: ReportInput) -> List[str]:
     lines = ["## The decision: refine or not", "",
              "After its validation each HiDiff fold decides whether its predictions are refined, and with how many "
              "steps (`decision` in `fold_k/hidiff_fold.json`; `nnUNet_HiDiff_refine=1/0` overrides it at prediction "
-             "time). \"As decided\": per fold the foreground result of the chosen output (refined rows at the "
-             "refined validation's steps, the segmentor alone, or, for a fold that combines, the fold record's "
-             "validation result of that combination); refined where a fold has no decision.", ""]
+             "time). \"As decided\": per fold the foreground result of the chosen output (the refined rows, the "
+             "segmentor alone, or, for a fold that combines or refines at other steps than the refined rows, the "
+             "fold record's validation result of that output); refined where a fold has no decision.", ""]
     per_fold, summary = [], []
     for t in hidiff:
         dice = decided_fold_means(inp, view, t, "Dice")
