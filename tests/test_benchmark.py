@@ -257,7 +257,8 @@ def test_refined_vs_segmentor_decision_and_speed_sections(bench):
         expected = "no" if not decision["refine"] else "yes" + (
             "" if combine == "none" else f" (combined with the segmentor: {combine})")
         assert refine == expected and steps.split()[0] == str(decision["steps"])
-        if decision["refine"] and combine != "none":  # a combination: its validation result from the fold record
+        other_steps = decision["steps"] != record["validation"]["refined"]["steps"]
+        if decision["refine"] and (combine != "none" or other_steps):  # not the refined rows: from the fold record
             chosen = next(v["dice"] for v in record["validation"].values() if v.get("refine")
                           and v.get("combine") == combine and v.get("steps") == decision["steps"])
         else:

@@ -416,3 +416,21 @@ def test_compiled_network_writes_clean_checkpoints_that_load_strictly(nnunet_pat
     for k, v in fresh.state_dict().items():  # network_weights carry the EMA refiner, --c restores the raw one
         expected = saved["hidiff"]["refiner_weights"][k[len("refiner."):]] if k.startswith("refiner.") else v
         assert torch.equal(loaded[k], expected), k
+
+
+def test_min_train_timestep_restricts_the_training_timesteps(trainer):
+    """``min_train_timestep`` = T (the ``_tT`` variants): every training sample is at t = T, the step the 1-step
+    sampler runs; the default draws the whole range 1..T."""
+    batch = make_batch(trainer, seed=4)
+    T = trainer.hidiff.diffusion.num_steps
+    drawn = torch.cat([trainer.prepare_diffusion(batch["data"], batch["target"])["t"] for _ in range(8)])
+    assert drawn.min() >= 1 and drawn.max() <= T and len(drawn.unique()) > 1
+    try:
+        trainer.min_train_timestep = T
+        drawn = torch.cat([trainer.prepare_diffusion(batch["data"], batch["target"])["t"] for _ in range(4)])
+        assert (drawn == T).all()
+        trainer.min_train_timestep = T + 1
+        with pytest.raises(ValueError, match="lowest training timestep"):
+            trainer.prepare_diffusion(batch["data"], batch["target"])
+    finally:
+        del trainer.min_train_timestep  # back to the class attribute

@@ -60,9 +60,12 @@ class BernoulliDiffusion:
         if t.numel() and (int(t.min()) < 1 or int(t.max()) > self.num_steps):
             raise ValueError(f"t must lie in 1..{self.num_steps}, got min {int(t.min())} max {int(t.max())}")
 
-    def sample_timesteps(self, batch_size: int, device=None, generator: Optional[torch.Generator] = None):
-        """t ~ U{1..T}, int64 (B,) (Algorithm 1)."""
-        return torch.randint(1, self.num_steps + 1, (batch_size,), device=device, generator=generator)
+    def sample_timesteps(self, batch_size: int, device=None, generator: Optional[torch.Generator] = None,
+                         low: int = 1):
+        """t ~ U{low..T}, int64 (B,) (Algorithm 1: low = 1)."""
+        if not 1 <= low <= self.num_steps:
+            raise ValueError(f"the lowest training timestep must lie in 1..T = {self.num_steps}, got {low}")
+        return torch.randint(low, self.num_steps + 1, (batch_size,), device=device, generator=generator)
 
     def q_mean(self, y0: torch.Tensor, prior: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Mean of q(y_t | y0, p): ᾱ_t·y0 + (1 − ᾱ_t)·p  (Eq. 6). Shapes (B, K, *spatial)."""

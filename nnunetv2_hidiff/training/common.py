@@ -52,7 +52,8 @@ def start_message(trainer) -> str:
     """The training log's line with the HiDiff configuration (for people; programs read the fold record)."""
     t = trainer
     return (f"HiDiff: {t.hidiff_config()}, λ_diff={t.lambda_diff}, λ_focal={t.lambda_focal}, γ={t.focal_gamma}, "
-            f"alternate={t.alternate_training}, joint={t.joint_step}, segmentor optimiser={t.segmentor_optimizer}, "
+            f"training t ~ U{{{t.min_train_timestep}..T}}, alternate={t.alternate_training}, joint={t.joint_step}, "
+            f"segmentor optimiser={t.segmentor_optimizer}, "
             f"prior τ_max={t.prior_temperature_max}, prior logit noise={t.prior_logit_noise}, out-of-fold "
             f"priors={t.oof_priors.sources if t.oof_priors else None}, refiner batches={t.refiner_batches}, "
             f"warm-up epochs={t.num_warmup_epochs}, refiner EMA={t.refiner_ema_decay}")

@@ -57,7 +57,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     binary_refiner = True  # BBDM (XNOR convolutions, TB/TA); False = real-valued twin
     use_xformer = True  # (B)X-Former at the bottleneck
     refiner_width = 8  # stage widths 8·2^s (the paper's 32·2^s: nnUNetTrainerHiDiff_paper)
-    num_diffusion_steps = 10  # T
+    num_diffusion_steps, min_train_timestep = 10, 1  # T; training draws t ~ U{min_train_timestep..T} (paper: 1)
     focal_gamma = 2.0  # γ of Eq. 12; 0 = BCE
     lambda_focal = 1.0  # Eq. 13
     lambda_bce = 1.0  # a BCE share in L_diff to calibrate ε̂ where there is no noise (not in the paper; losses.py)
@@ -263,7 +263,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         labels = (target[0] if isinstance(target, list) else target)[:, 0].long()
         y0 = F.one_hot(labels, prior.shape[1]).movedim(-1, 1).to(prior.dtype)
         diffusion = self.hidiff.diffusion
-        t = diffusion.sample_timesteps(data.shape[0], device=self.device, generator=self.diffusion_rng)
+        t = diffusion.sample_timesteps(data.shape[0], self.device, self.diffusion_rng, low=self.min_train_timestep)
         y_t, eps = diffusion.q_sample(y0, prior.detach(), t, generator=self.diffusion_rng)
         return dict(seg=seg, l_disc=l_disc, prior=prior, y0=y0, t=t, y_t=y_t, eps=eps)
 

@@ -226,6 +226,11 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_res_priorTemp2Noise2_cpuWarm500(nnUNetTr
     prior_temperature_max, prior_logit_noise = 2.0, 2.0
 
 
+class nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
+    # the refiner learns only at t = T, the one step the 1-step sampler runs (from y_T ~ B(p)); T = 10 here
+    min_train_timestep = 10
+
+
 class nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
     """From scratch, the same 1750 iterations as nnUNetTrainerBaseline_5epochs + _cpuWarm500 (the default 16 %
     segmentor warm-up: 11 of 70 epochs); run without nnUNet_HiDiff_pretrained_segmentor."""
