@@ -99,6 +99,17 @@ def decided_fold_means(inp: ReportInput, view: ReportInput, trainer: str, metric
     return out
 
 
+def _validation(record: dict) -> dict:
+    """The fold record's validation entries ({} where it has none)."""
+    return record.get("validation") if isinstance(record.get("validation"), dict) else {}
+
+
+def _refined_steps(record: dict) -> Optional[int]:
+    """The steps of the fold's refined validation (the ``refined`` rows), None where the record does not say."""
+    refined = _validation(record).get(REFINED)
+    return refined.get("steps") if isinstance(refined, dict) else None
+
+
 def _decided_validation(decision: Optional[dict], record: dict) -> Optional[dict]:
     """The record's validation entry of the output a refining fold decided for when no row series holds it: a
     combination of the segmentor with the refined output (networks/combine.py: new_components or union), or
@@ -106,11 +117,10 @@ def _decided_validation(decision: Optional[dict], record: dict) -> Optional[dict
     None for any other decision, and where the record has no such entry (records before 2026-12-05)."""
     if not decision or not decision.get("refine"):
         return None
-    validation = record.get("validation") if isinstance(record.get("validation"), dict) else {}
+    validation = _validation(record)
     combine = decision.get("combine", "none")
     if combine == "none":
-        refined = validation.get(REFINED)
-        validated = refined.get("steps") if isinstance(refined, dict) else None
+        validated = _refined_steps(record)
         if validated is None or validated == decision.get("steps"):
             return None
     return next((v for v in validation.values() if isinstance(v, dict) and v.get("refine")
@@ -126,9 +136,7 @@ def _decision_cells(decision: Optional[dict], record: dict) -> List[str]:
     refine = decision.get("refine")
     steps = decision.get("steps")
     steps_cell = "—" if steps is None else str(steps)
-    validation = record.get("validation")
-    refined = validation.get(REFINED) if isinstance(validation, dict) else None
-    validated = refined.get("steps") if isinstance(refined, dict) else None
+    validated = _refined_steps(record)
     if refine and steps is not None and validated is not None and validated != steps:
         steps_cell += f" (refined validation: {validated})"
     refine_cell = "yes" if refine else ("no" if refine is not None else "—")
