@@ -47,6 +47,7 @@ from .budget import BenchmarkError, check_equal_budgets, resolve_trainers
 from .collect import (DECIDED, ENSEMBLE, REFINED, SEGMENTOR, TEST, VALIDATION, Collected, collect_summary,
                       has_hidiff_metrics, is_hidiff, load_summary, sort_rows, write_csv)
 from .report import Prediction, ReportInput, write_figure, write_markdown
+from .report_hidiff import refined_steps
 from .runner import (COMPLETE, Job, JobResult, TimingStore, checkpoint_id, cli_path, fold_folder, fold_records,
                      fold_state, fold_wall_time, log_name, refreshed, run_logged, subprocess_env, train_command,
                      trainers_dir, validation_outputs, warm_start_source)
@@ -191,8 +192,7 @@ def test_prediction_dir(out: Path, trainer: str, refine: Optional[str]) -> Path:
 def refined_validation_steps(trainer_dir: Path, folds: Sequence[int]) -> Optional[int]:
     """The steps of the folds' refined validation (``validation.refined.steps`` of their records), if they all
     name the same; else None."""
-    steps = {((r or {}).get("validation") or {}).get("refined", {}).get("steps")
-             for r in fold_records(trainer_dir, folds).values()}
+    steps = {refined_steps(r or {}) for r in fold_records(trainer_dir, folds).values()}
     return steps.pop() if len(steps) == 1 and isinstance(next(iter(steps)), int) else None
 
 

@@ -104,7 +104,7 @@ def _validation(record: dict) -> dict:
     return record.get("validation") if isinstance(record.get("validation"), dict) else {}
 
 
-def _refined_steps(record: dict) -> Optional[int]:
+def refined_steps(record: dict) -> Optional[int]:
     """The steps of the fold's refined validation (the ``refined`` rows), None where the record does not say."""
     refined = _validation(record).get(REFINED)
     return refined.get("steps") if isinstance(refined, dict) else None
@@ -120,7 +120,7 @@ def _decided_validation(decision: Optional[dict], record: dict) -> Optional[dict
     validation = _validation(record)
     combine = decision.get("combine", "none")
     if combine == "none":
-        validated = _refined_steps(record)
+        validated = refined_steps(record)
         if validated is None or validated == decision.get("steps"):
             return None
     return next((v for v in validation.values() if isinstance(v, dict) and v.get("refine")
@@ -136,7 +136,7 @@ def _decision_cells(decision: Optional[dict], record: dict) -> List[str]:
     refine = decision.get("refine")
     steps = decision.get("steps")
     steps_cell = "—" if steps is None else str(steps)
-    validated = _refined_steps(record)
+    validated = refined_steps(record)
     if refine and steps is not None and validated is not None and validated != steps:
         steps_cell += f" (refined validation: {validated})"
     refine_cell = "yes" if refine else ("no" if refine is not None else "—")
