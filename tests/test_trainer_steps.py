@@ -278,6 +278,24 @@ def test_joint_step_updates_both_networks_with_one_refiner_pass(nnunet_paths):
     assert len(calls) == 2
 
 
+def test_disc_only_segmentor_step_runs_no_refiner_and_still_trains_both(nnunet_paths):
+    """λ_diff = 0 with alternate steps (the ``_discOnly`` variant): the segmentor trains on L_disc alone, as plain
+    nnU-Net, so the refiner runs once per iteration (its own step) and both networks still learn."""
+    tr = make_trainer("nnUNetTrainerHiDiff_joint_smoke")
+    tr.joint_step, tr.lambda_diff = False, 0.0
+    tr.initialize()
+    tr.network = tr.hidiff
+    tr.hidiff.train()
+    calls = _count_calls(tr.hidiff.refiner)
+    seg0, ref0 = snapshot(tr.hidiff.segmentor), snapshot(tr.hidiff.refiner)
+    out = tr.train_step(make_batch(tr, seed=6))
+    assert len(calls) == 1 and out["skipped"] == 0 and torch.isfinite(torch.tensor(out["refiner_loss"]))
+    ref_params = {n for n, _ in tr.hidiff.refiner.named_parameters()}
+    assert changed(seg0, tr.hidiff.segmentor) and ref_params & changed(ref0, tr.hidiff.refiner)
+    from nnunetv2_hidiff.training.variants import nnUNetTrainerHiDiff_w8_res_tT_discOnly_cpuWarm500 as v
+    assert (v.joint_step, v.lambda_diff, v.min_train_timestep) == (False, 0.0, 10)
+
+
 DEFAULT_KEYS = ("refiner_width", "joint_step", "lambda_bce", "prior_residual", "inference_steps", "binary_refiner")
 
 

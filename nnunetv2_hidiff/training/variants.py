@@ -231,6 +231,12 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500(nnUNetTrainerHiDiff_w8
     min_train_timestep = 10
 
 
+class nnUNetTrainerHiDiff_w8_res_tT_discOnly_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500):
+    """The t = T refiner (λ_bce 1 as above) next to a segmentor that trains on L_disc alone, as plain nnU-Net: its
+    segmentor is then the control's, and any gain of the refined or combined output is the refiner's own."""
+    joint_step, lambda_diff = False, 0.0  # alternate steps; the segmentor step has no L_diff term
+
+
 class nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
     """From scratch, the same 1750 iterations as nnUNetTrainerBaseline_5epochs + _cpuWarm500 (the default 16 %
     segmentor warm-up: 11 of 70 epochs); run without nnUNet_HiDiff_pretrained_segmentor."""
