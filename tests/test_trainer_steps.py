@@ -296,6 +296,18 @@ def test_disc_only_segmentor_step_runs_no_refiner_and_still_trains_both(nnunet_p
     assert (v.joint_step, v.lambda_diff, v.min_train_timestep) == (False, 0.0, 10)
 
 
+@pytest.mark.parametrize("name", ["nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500",
+                                  "nnUNetTrainerHiDiff_w8_res_tT_discOnly_cpuWarm500"])
+def test_t_equals_T_variants_predict_and_decide_at_one_step(nnunet_paths, name):
+    """A refiner trained only at t = T never saw t < T: the _tT_ variants predict with 1 step, and their validation
+    decides among the segmentor and the 1-step outputs only."""
+    tr = make_trainer(name)
+    assert tr.min_train_timestep == tr.num_diffusion_steps and tuple(tr.decision_extra_steps) == ()
+    net = type(tr).build_network_architecture(tr.plans_manager, tr.configuration_manager, 1,
+                                              tr.label_manager.num_segmentation_heads, enable_deep_supervision=False)
+    assert net.num_inference_steps == 1
+
+
 DEFAULT_KEYS = ("refiner_width", "joint_step", "lambda_bce", "prior_residual", "inference_steps", "binary_refiner")
 
 
