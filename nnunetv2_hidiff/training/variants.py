@@ -227,9 +227,10 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_res_priorTemp2Noise2_cpuWarm500(nnUNetTr
 
 
 class nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
-    # the refiner learns only at t = T, the one step the 1-step sampler runs (from y_T ~ B(p)); T = 10 here. It never
-    # sees t < T, so it predicts with 1 step and its decision tries no other (4 validation runs instead of 13)
-    min_train_timestep, inference_steps, decision_extra_steps = 10, 1, ()
+    # the refiner learns only at t = T, the one step the 1-step sampler runs (from y_T ~ B(p)). It never sees t < T,
+    # so it predicts with 1 step and its decision tries no other (4 validation runs instead of 13)
+    min_train_timestep = nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500.num_diffusion_steps  # T
+    inference_steps, decision_extra_steps = 1, ()
 
 
 class nnUNetTrainerHiDiff_w8_res_tT_discOnly_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500):
