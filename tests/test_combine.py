@@ -76,3 +76,18 @@ def test_union_adds_all_refined_foreground_on_segmentor_background_only():
     assert torch.equal(label == 2, ref & ~seg)     # ... refined class 2 is added only on segmentor background
     with pytest.raises(ValueError, match="combine must be"):
         combine_outputs(seg_logits, ref_logits, "none")
+
+
+def test_average_is_the_mean_of_both_outputs_probabilities_and_can_remove_pixels():
+    g = torch.Generator().manual_seed(0)
+    seg_logits, ref_logits = torch.randn(2, 3, 7, 9, generator=g) * 3, torch.randn(2, 3, 7, 9, generator=g) * 3
+    out = combine_outputs(seg_logits, ref_logits, "average")
+    expected = (torch.softmax(seg_logits, 1) + torch.softmax(ref_logits, 1)) / 2
+    torch.testing.assert_close(out.exp(), expected)
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(2, 7, 9))   # log-probabilities: one scale for the window
+    torch.testing.assert_close(combine_outputs(seg_logits, seg_logits, "average"), torch.log_softmax(seg_logits, 1))
+    # symmetric, unlike union and new_components: a confident refined background removes a segmentor pixel
+    seg = torch.tensor([[0.0, 1.0]]).view(1, 2, 1, 1)     # segmentor: foreground, p = 0.73
+    ref = torch.tensor([[4.0, 0.0]]).view(1, 2, 1, 1)     # refined: background, p = 0.98
+    assert combine_outputs(seg, ref, "average").argmax(1).item() == 0
+    assert combine_outputs(seg, ref, "union").argmax(1).item() == 1

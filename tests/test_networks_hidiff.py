@@ -301,6 +301,9 @@ def test_decision_to_combine_segmentor_and_new_refined_components():
     net.set_decision(True, 0, "union")
     assert net.inference_decision.tolist() == [3, 0] and net.resolved_combine() == "union"
     torch.testing.assert_close(net(x), combine_outputs(segmentor, refined, "union"))
+    net.set_decision(True, 0, "average")
+    assert net.inference_decision.tolist() == [4, 0] and net.resolved_combine() == "average"
+    torch.testing.assert_close(net(x), combine_outputs(segmentor, refined, "average"))
     net.set_decision(False, 0, "new_components")  # no refinement: nothing to combine
     assert net.inference_decision.tolist() == [0, 0]
     torch.testing.assert_close(net(x), segmentor)

@@ -83,7 +83,8 @@ def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
 
 def _mode(decision: dict) -> int:
     """The first entry of HiDiffNetwork.inference_decision for a fold record's decision."""
-    return 0 if not decision["refine"] else {"none": 1, "new_components": 2, "union": 3}[decision["combine"]]
+    return 0 if not decision["refine"] else {"none": 1, "new_components": 2, "union": 3,
+                                             "average": 4}[decision["combine"]]
 
 
 # decided mode (HiDiffNetwork.inference_decision[0]), the environment that forces it, one that forces another output
@@ -92,7 +93,9 @@ DECISION_MODES = [(0, {"nnUNet_HiDiff_refine": "0"}, {"nnUNet_HiDiff_refine": "1
                   (2, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "new_components"},
                    {"nnUNet_HiDiff_refine": "1"}),
                   (3, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "union"},
-                   {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "new_components"})]
+                   {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "new_components"}),
+                  (4, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "average"},
+                   {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "union"})]
 
 
 @pytest.mark.parametrize("mode,forced,other", DECISION_MODES)

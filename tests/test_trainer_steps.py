@@ -296,8 +296,33 @@ def test_disc_only_segmentor_step_runs_no_refiner_and_still_trains_both(nnunet_p
     assert (v.joint_step, v.lambda_diff, v.min_train_timestep) == (False, 0.0, 10)
 
 
+def test_intermediate_lambda_diff_joint_step_reports_the_weighted_loss(nnunet_paths):
+    """The ``_lambdaDiff03`` variant: the t = T refiner with the joint step at λ_diff = 0.3. One step trains both
+    networks, and the reported loss is L_disc + 0.3·L_diff, so L_diff enters the segmentor's loss at that weight."""
+    from nnunetv2_hidiff.training.variants import nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_lambdaDiff03_cpuWarm500 as v
+    assert (v.joint_step, v.lambda_diff, v.min_train_timestep, v.inference_steps) == (True, 0.3, 10, 1)
+    losses = {}
+    for lam in (0.3, 1.0):
+        torch.manual_seed(0)
+        tr = make_trainer("nnUNetTrainerHiDiff_joint_smoke")
+        tr.lambda_diff = lam
+        tr.initialize()
+        tr.network = tr.hidiff
+        tr.hidiff.train()
+        seg0 = snapshot(tr.hidiff.segmentor)
+        torch.manual_seed(1)
+        losses[lam] = tr.train_step(make_batch(tr, seed=7))
+        assert losses[lam]["skipped"] == 0 and changed(seg0, tr.hidiff.segmentor)
+    # same initialisation, batch and noise: L_disc = loss - λ·L_diff is the same for both weights
+    l_disc = {lam: o["loss"] - lam * o["refiner_loss"] for lam, o in losses.items()}
+    assert losses[0.3]["refiner_loss"] == pytest.approx(losses[1.0]["refiner_loss"], rel=1e-5)
+    assert l_disc[0.3] == pytest.approx(l_disc[1.0], rel=1e-5, abs=1e-6)
+    assert losses[0.3]["loss"] < losses[1.0]["loss"]
+
+
 @pytest.mark.parametrize("name", ["nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500",
-                                  "nnUNetTrainerHiDiff_w8_res_tT_discOnly_cpuWarm500"])
+                                  "nnUNetTrainerHiDiff_w8_res_tT_discOnly_cpuWarm500",
+                                  "nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_lambdaDiff03_cpuWarm500"])
 def test_t_equals_T_variants_predict_and_decide_at_one_step(nnunet_paths, name):
     """A refiner trained only at t = T never saw t < T: the _tT_ variants predict with 1 step, and their validation
     decides among the segmentor and the 1-step outputs only."""

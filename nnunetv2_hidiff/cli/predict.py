@@ -32,8 +32,8 @@ def parse(argv):
                              "(Algorithm 2 verbatim) or 'threshold'")
     parser.add_argument("--combine", choices=COMBINES,
                         help="'none': the refined output; 'new_components': the segmentor's output plus the refined "
-                             "components it does not reach; 'union': plus all refined foreground (default: each "
-                             "fold's decision)")
+                             "components it does not reach; 'union': plus all refined foreground; 'average': the "
+                             "mean of both outputs' probabilities (default: each fold's decision)")
     args, rest = parser.parse_known_args(argv)
     if rest and rest[0] == "--":
         rest = rest[1:]

@@ -11,6 +11,11 @@ and take only additions from the refined one:
   refiner found. Where refinement moves boundaries, removes pixels or extends the segmentor's own components,
   the segmentor's prediction stands.
 
+A third one is symmetric: ``COMBINE_AVERAGE``, the mean of the segmentor's softmax p and the refined ŷ0
+(normalised over the classes), i.e. a two-member ensemble of the segmentor and its refiner. It can remove
+pixels as well as add them: a pixel changes label only where the refiner disagrees more confidently than the
+segmentor agrees.
+
 "Reach" is geodesic: a refined pixel is kept out when it is connected to the segmentor's mask through pixels
 of the union of both masks (8-connectivity in 2d, 26 in 3d), computed by morphological reconstruction (iterated
 3×3(×3) max-pooling inside the union), so it runs on the device with the rest of the forward pass. In nnU-Net's
@@ -21,8 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-COMBINE_NONE, COMBINE_NEW_COMPONENTS, COMBINE_UNION = "none", "new_components", "union"
-COMBINES = (COMBINE_NONE, COMBINE_NEW_COMPONENTS, COMBINE_UNION)
+COMBINE_NONE, COMBINE_NEW_COMPONENTS, COMBINE_UNION, COMBINE_AVERAGE = "none", "new_components", "union", "average"
+COMBINES = (COMBINE_NONE, COMBINE_NEW_COMPONENTS, COMBINE_UNION, COMBINE_AVERAGE)  # order = stored decision mode
 
 
 def reconstruct(marker: torch.Tensor, mask: torch.Tensor, max_iterations: int = 100_000) -> torch.Tensor:
@@ -55,12 +60,16 @@ def combine_outputs(segmentor_logits: torch.Tensor, refined_logits: torch.Tensor
     foreground (classes 1..K-1, argmax masks): with ``COMBINE_UNION`` wherever the segmentor predicts background,
     with ``COMBINE_NEW_COMPONENTS`` on the refined components that the segmentor's mask of the same class does not
     reach; there the refined output's log-softmax is used. Both are normalised so that nnU-Net's sliding window
-    averages values of one scale; the result's argmax is the segmentor's argmax plus the additions."""
+    averages values of one scale; the result's argmax is the segmentor's argmax plus the additions.
+    With ``COMBINE_AVERAGE``: log((softmax(segmentor) + softmax(refined)) / 2) everywhere."""
     if segmentor_logits.shape != refined_logits.shape:
         raise ValueError(f"segmentor logits {tuple(segmentor_logits.shape)} and refined logits "
                          f"{tuple(refined_logits.shape)} differ in shape")
-    if combine not in (COMBINE_NEW_COMPONENTS, COMBINE_UNION):
-        raise ValueError(f"combine must be {COMBINE_NEW_COMPONENTS!r} or {COMBINE_UNION!r}, got {combine!r}")
+    if combine not in COMBINES[1:]:
+        raise ValueError(f"combine must be one of {COMBINES[1:]}, got {combine!r}")
+    if combine == COMBINE_AVERAGE:
+        mean = (torch.softmax(segmentor_logits.float(), 1) + torch.softmax(refined_logits.float(), 1)) / 2
+        return torch.log(mean.clamp_min(1e-12)).to(segmentor_logits.dtype)
     seg_label, ref_label = segmentor_logits.argmax(1), refined_logits.argmax(1)
     if combine == COMBINE_UNION:
         add = (seg_label == 0) & (ref_label > 0)

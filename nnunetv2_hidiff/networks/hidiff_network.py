@@ -45,10 +45,12 @@ class HiDiffNetwork(nn.Module):
         steps_forced (False: steps stored in the decision win over num_inference_steps), combine (None: follow
         the stored decision, or "none" when refine is forced; "none": the refined output; "new_components": the
         segmentor's output plus the refined components it does not reach; "union": plus all refined foreground
-        where the segmentor predicts background; see networks/combine.py).
+        where the segmentor predicts background; "average": the mean of both outputs' probabilities; see
+        networks/combine.py).
 
     The decision (issue "never worse by default"): the persistent buffer ``inference_decision`` =
-    [mode (0 segmentor alone, 1 refined, 2 segmentor + new refined components, 3 segmentor ∪ refined),
+    [mode (0 segmentor alone, 1 refined, 2 segmentor + new refined components, 3 segmentor ∪ refined,
+    4 mean of segmentor and refined probabilities),
     steps (0 = num_inference_steps)]
     is part of the state dict, so the checkpoint carries it
     and nnU-Net's predictor, which loads every fold's weights into the network before predicting with that
@@ -110,7 +112,7 @@ class HiDiffNetwork(nn.Module):
             raise ValueError(f"steps must lie in 0..{self.diffusion.num_steps}, got {steps}")
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-        mode = 1 + COMBINES.index(combine) if refine else 0  # 1 refined, 2 new_components, 3 union
+        mode = 1 + COMBINES.index(combine) if refine else 0  # 1 refined, 2 new_components, 3 union, 4 average
         self.inference_decision.copy_(torch.tensor([mode, int(steps)]))
 
     def resolved_settings(self):

@@ -12,7 +12,8 @@ nnU-Net's predictor builds the network through the trainer class, so these varia
     nnUNet_HiDiff_transition  intermediate DDIM states: "renoise" (default), "renoise_threshold", "sample"
                            (Algorithm 2), "threshold" (see nnunetv2_hidiff.diffusion.BernoulliDDIMSampler)
     nnUNet_HiDiff_combine  "none": the refined output; "new_components": the segmentor's output plus the refined
-                           components it does not reach (networks/combine.py); unset: the fold's decision, or
+                           components it does not reach; "union": plus all refined foreground; "average": the
+                           mean of both outputs' probabilities (networks/combine.py); unset: the fold's decision, or
                            "none" when nnUNet_HiDiff_refine forces refinement
     nnUNet_HiDiff_packed   1: the binary refiner's convolutions run as bit-packed XNOR-popcount kernels (CPU);
                            0: simulated float ±1 convolutions; unset: the network's default

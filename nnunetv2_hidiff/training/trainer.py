@@ -80,7 +80,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     oof_prior_trainer: Optional[str] = None
     refiner_batches = "augmented"  # "clean": the refiner learns on unaugmented training batches (clean_batches.py)
     # the per-fold decision (validation.py): step counts tried besides the default, each also combined with the
-    # segmentor's output in these ways (networks/combine.py: "new_components", "union"; () = refined output only)
+    # segmentor's output in these ways (networks/combine.py: "new_components", "union", "average"; () = refined only)
     decision_extra_steps: Tuple[int, ...] = (1, 2, 5)
     decision_combine: Tuple[str, ...] = ("new_components", "union")
     decision_min_dice_gain = 0.0  # the Dice gain refinement must bring

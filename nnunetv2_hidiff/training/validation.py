@@ -30,12 +30,13 @@ from nnunetv2_hidiff.atomic import atomic_torch_save
 
 from .common import extend_validation_summary
 from .distributed import barrier, broadcast_object
-from nnunetv2_hidiff.networks.combine import COMBINE_NEW_COMPONENTS, COMBINE_NONE, COMBINE_UNION
+from nnunetv2_hidiff.networks.combine import COMBINE_AVERAGE, COMBINE_NEW_COMPONENTS, COMBINE_NONE, COMBINE_UNION
 
-from .fold_record import (VALIDATION, VALIDATION_COMBINED, VALIDATION_REFINED, VALIDATION_SEGMENTOR, VALIDATION_UNION,
-                          update_fold_record)
+from .fold_record import (VALIDATION, VALIDATION_AVERAGE, VALIDATION_COMBINED, VALIDATION_REFINED, VALIDATION_SEGMENTOR,
+                          VALIDATION_UNION, update_fold_record)
 
-COMBINED_FOLDERS = {COMBINE_NEW_COMPONENTS: VALIDATION_COMBINED, COMBINE_UNION: VALIDATION_UNION}
+COMBINED_FOLDERS = {COMBINE_NEW_COMPONENTS: VALIDATION_COMBINED, COMBINE_UNION: VALIDATION_UNION,
+                    COMBINE_AVERAGE: VALIDATION_AVERAGE}
 
 
 def replace_folder(source: str, target: str, move: bool = False) -> None:
@@ -83,7 +84,8 @@ def decide(segmentor: dict, candidates: List[dict], min_dice_gain: float = 0.0) 
     best = max(better, key=lambda c: (c["dice"], -c["hd95"] if not math.isnan(c["hd95"]) else -math.inf))
     combine = best.get("combine", COMBINE_NONE)
     how = {COMBINE_NONE: "", COMBINE_NEW_COMPONENTS: " (the segmentor plus the refined components it does not reach)",
-           COMBINE_UNION: " (the segmentor's foreground plus the refined foreground)"}[combine]
+           COMBINE_UNION: " (the segmentor's foreground plus the refined foreground)",
+           COMBINE_AVERAGE: " (the mean of the segmentor's and the refined probabilities)"}[combine]
     return {"refine": True, "steps": best["steps"], "combine": combine,
             "reason": f"refinement with {best['steps']} steps{how} raised the foreground Dice "
                       f"{segmentor['dice']:.4f} -> {best['dice']:.4f} (HD95 {segmentor['hd95']:.3f} -> "

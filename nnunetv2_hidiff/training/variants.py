@@ -239,6 +239,14 @@ class nnUNetTrainerHiDiff_w8_res_tT_discOnly_cpuWarm500(nnUNetTrainerHiDiff_w8_j
     joint_step, lambda_diff = False, 0.0  # alternate steps; the segmentor step has no L_diff term
 
 
+class nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_lambdaDiff03_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500):
+    """Between the two above: the joint step with λ_diff = 0.3. The segmentor's L_diff share (λ_diff = 1) makes it
+    complementary to its refiner but costs it HD95 (and Dice on DRIVE fold 0); none (λ_diff = 0) keeps the segmentor
+    plain but leaves the refiner little to add. The refiner's own updates are AdamW's, which the scale of its loss
+    hardly changes, so λ_diff mostly sets how hard the segmentor is pulled towards its refiner."""
+    lambda_diff = 0.3
+
+
 class nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
     """From scratch, the same 1750 iterations as nnUNetTrainerBaseline_5epochs + _cpuWarm500 (the default 16 %
     segmentor warm-up: 11 of 70 epochs); run without nnUNet_HiDiff_pretrained_segmentor."""
