@@ -511,6 +511,46 @@ def test_refined_changes_counts_and_combinations(tmp_path):
         pytest.approx(2 * inter / (plus_new.sum() + gt.sum()))
 
 
+def test_label_changes_transitions_accuracies_and_break_even(tmp_path):
+    """benchmarks/label_changes.py on hand-made 3-class NIfTI labels: exact transitions, flip and addition/removal
+    accuracies, and break-even points that predict the sign of the Dice change; one clear error for a missing case."""
+    import SimpleITK as sitk
+    gt = np.zeros((2, 12, 12), np.uint8)
+    gt[:, 2:6, 2:6] = 1   # class 1: 2 x 16 voxels
+    gt[:, 7:10, 7:10] = 2  # class 2: 2 x 9 voxels
+    seg = gt.copy()
+    seg[:, 2:6, 6] = 1     # class 1 too wide by one column: 8 false positives
+    ref = seg.copy()
+    ref[:, 2:6, 6] = 0     # refinement removes them (8 right removals) ...
+    ref[:, 2, 2:4] = 0     # ... and 4 true class-1 voxels (wrong removals)
+    ref[:, 10, 7:10] = 2   # and adds 6 class-2 voxels the reference calls background (wrong additions)
+    for name, arr in (("seg", seg), ("ref", ref), ("gt", gt)):
+        (tmp_path / name).mkdir()
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / name / "case_000.nii.gz"))
+    out = tmp_path / "changes.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_changes.py"), str(tmp_path / "seg"),
+                          str(tmp_path / "ref"), str(tmp_path / "gt"), "--json", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(out.read_text())
+    assert r["cases"] == 1 and r["changed_per_case"] == 18 and r["flip_accuracy"] == pytest.approx(8 / 18)
+    assert {(t["segmentor"], t["refined"], t["reference"]): t["pixels"] for t in r["transitions_per_case"]} == \
+        {(1, 0, 0): 8, (1, 0, 1): 4, (0, 2, 0): 6}
+    c1, c2 = r["classes"]["1"], r["classes"]["2"]
+    assert (c1["removed_per_case"], c1["removal_accuracy"], c1["added_per_case"]) == (12, pytest.approx(8 / 12), 0)
+    assert (c2["added_per_case"], c2["addition_accuracy"], c2["removed_per_case"]) == (6, 0.0, 0)
+    d1 = 2 * 32 / (40 + 32)
+    assert c1["segmentor_dice"] == pytest.approx(d1) and c1["removal_break_even"] == pytest.approx(1 - d1 / 2)
+    assert c1["refined_dice"] == pytest.approx(2 * 28 / (28 + 32)) and c2["refined_dice"] == pytest.approx(2 * 18 / 42)
+    # removals right more often than break-even raise Dice; additions below it lower it
+    assert c1["removal_accuracy"] > c1["removal_break_even"] and c1["refined_dice"] > c1["segmentor_dice"]
+    assert c2["addition_accuracy"] < c2["addition_break_even"] and c2["refined_dice"] < c2["segmentor_dice"]
+    (tmp_path / "gt" / "case_000.nii.gz").unlink()
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_changes.py"), str(tmp_path / "seg"),
+                          str(tmp_path / "ref"), str(tmp_path / "gt")], capture_output=True, text=True)
+    assert res.returncode != 0 and "case_000.nii.gz: missing" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_compare_outputs_scores_folders_against_the_reference(tmp_path):
     """benchmarks/compare_outputs.py on hand-made masks: exact Dice inside the FOV, differences against the
     reference, and one clear error for a folder that lacks a case."""

@@ -1,0 +1,160 @@
+"""Which labels refinement changes, and how often it is right (issue 12 diagnostics; any number of classes).
+
+    python benchmarks/label_changes.py SEGMENTOR_DIR REFINED_DIR LABELS_DIR [--fov FOV_DIR] [--binary] [--json out.json]
+
+SEGMENTOR_DIR and REFINED_DIR hold label images of the same cases (e.g. a HiDiff fold's ``validation_segmentor``
+and ``validation_refined_1steps``); LABELS_DIR the references under the same file names (nnU-Net's labelsTr /
+labelsTs). Any format SimpleITK reads (.nii.gz, .png, ...). ``--binary``: every label > 0 is foreground (PNG masks
+stored as 0/255). ``--fov``: only pixels inside these masks count.
+
+Prints, as means per case:
+
+  * each transition segmentor label a → refined label b (a ≠ b) with the reference label of those pixels;
+  * the **flip accuracy**: the share of changed pixels where the refined label is the reference's. A change can only
+    raise Dice where this is above about 1/2: below it, refinement replaces a right label more often than a wrong one;
+  * the share of changed pixels within one pixel (in-plane for 3d images, where 2d models see one slice) of the
+    segmentor's class boundary: how much refinement acts on boundaries rather than on whole structures;
+  * per foreground class k, the same accuracy split into **additions** (pixels refinement gives to k; right where
+    the reference is k) and **removals** (pixels it takes from k; right where the reference is not k), next to their
+    break-even points. With D = 2TP / (2TP + FP + FN), adding n pixels of which a share a is reference k changes
+    Dice by (2an − Dn) / (2TP + FP + FN + n): additions help when a > D/2, removals when the removed share that was
+    not k exceeds 1 − D/2 (D: the segmentor's mean Dice of k, so the break-even points are per case approximations);
+  * per foreground class, the Dice of both and in how many cases the refined one is higher.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+from scipy import ndimage
+
+SUFFIXES = (".nii.gz", ".nii", ".png", ".nrrd", ".mha", ".tif", ".tiff")
+
+
+def _load(path: str, binary: bool) -> np.ndarray:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.GetArrayFromImage(sitk.ReadImage(path))
+    except RuntimeError as e:
+        sys.exit(f"label_changes: {path}: cannot read it as an image ({str(e).strip().splitlines()[-1]})")
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and path.endswith(".png"):
+        image = image[..., 0]  # an RGB(A) mask
+    image = np.asarray(image)
+    return (image > 0).astype(np.int64) if binary else image.astype(np.int64)
+
+
+def boundary(label: np.ndarray) -> np.ndarray:
+    """Pixels within one pixel of a change of label (4-connectivity, in-plane for 3d arrays)."""
+    structure = ndimage.generate_binary_structure(2, 1)
+    if label.ndim == 3:
+        structure = np.stack([np.zeros_like(structure), structure, np.zeros_like(structure)])
+    out = np.zeros(label.shape, dtype=bool)
+    for k in np.unique(label):
+        m = label == k
+        out |= ndimage.binary_dilation(m, structure) & ~ndimage.binary_erosion(m, structure, border_value=1)
+    return out
+
+
+def case_changes(seg: np.ndarray, ref: np.ndarray, gt: np.ndarray, fov=None) -> dict:
+    """Counts for one case: {"transitions": {(a, b, reference): n}, "changed", "right", "in_band"} and per-class
+    Dice of both outputs."""
+    inside = np.ones(seg.shape, dtype=bool) if fov is None else fov
+    changed = (seg != ref) & inside
+    a, b, r = seg[changed], ref[changed], gt[changed]
+    keys, counts = np.unique(np.stack([a, b, r]), axis=1, return_counts=True) if changed.any() else (np.zeros((3, 0)), [])
+    dice = {}
+    present = set(np.unique(gt[inside]).tolist()) | set(np.unique(seg[inside]).tolist()) | set(np.unique(ref[inside]).tolist())
+    for k in sorted(present - {0}):
+        g = (gt == k) & inside
+        d = [(2 * ((o == k) & g).sum() / max(((o == k) & inside).sum() + g.sum(), 1)) for o in (seg, ref)]
+        dice[int(k)] = d
+    return {"transitions": {tuple(int(v) for v in keys[:, i]): int(counts[i]) for i in range(len(counts))},
+            "changed": int(changed.sum()), "right": int((b == r).sum()),
+            "in_band": int((changed & boundary(seg)).sum()), "dice": dice}
+
+
+def summarise(per_case: list) -> dict:
+    n = max(len(per_case), 1)
+    transitions: dict = {}
+    for c in per_case:
+        for key, v in c["transitions"].items():
+            transitions[key] = transitions.get(key, 0) + v
+    changed, right, band = (sum(c[k] for c in per_case) for k in ("changed", "right", "in_band"))
+    classes = sorted({k for c in per_case for k in c["dice"]})
+    per_class = {}
+    for k in classes:
+        pairs = [c["dice"][k] for c in per_case if k in c["dice"]]
+        d_seg = float(np.mean([p[0] for p in pairs]))
+        add = [(v, r == k) for (a, b, r), v in transitions.items() if a != k and b == k]
+        rem = [(v, r != k) for (a, b, r), v in transitions.items() if a == k and b != k]
+        share = lambda xs: sum(v for v, ok in xs if ok) / sum(v for v, _ in xs) if xs else float("nan")
+        per_class[k] = {"added_per_case": sum(v for v, _ in add) / n, "addition_accuracy": share(add),
+                        "addition_break_even": d_seg / 2,
+                        "removed_per_case": sum(v for v, _ in rem) / n, "removal_accuracy": share(rem),
+                        "removal_break_even": 1 - d_seg / 2,
+                        "segmentor_dice": d_seg,
+                        "refined_dice": float(np.mean([p[1] for p in pairs])),
+                        "refined_higher": int(sum(p[1] > p[0] for p in pairs)),
+                        "refined_lower": int(sum(p[1] < p[0] for p in pairs)), "cases": len(pairs)}
+    return {"cases": len(per_case), "changed_per_case": changed / n,
+            "flip_accuracy": right / changed if changed else float("nan"),
+            "in_band_share": band / changed if changed else float("nan"),
+            "transitions_per_case": [{"segmentor": a, "refined": b, "reference": r, "pixels": v / n}
+                                     for (a, b, r), v in sorted(transitions.items())],
+            "classes": per_class}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("segmentor_dir")
+    ap.add_argument("refined_dir")
+    ap.add_argument("labels_dir")
+    ap.add_argument("--fov", default=None, help="FOV masks (same file names): only pixels inside count")
+    ap.add_argument("--binary", action="store_true", help="every label > 0 is foreground (0/255 masks)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    for d in (args.segmentor_dir, args.refined_dir, args.labels_dir, args.fov):
+        if d is not None and not os.path.isdir(d):
+            sys.exit(f"label_changes: {d}: not a folder")
+    cases = sorted(f for f in os.listdir(args.refined_dir) if f.endswith(SUFFIXES))
+    if not cases:
+        sys.exit(f"label_changes: {args.refined_dir}: no label images ({', '.join(SUFFIXES)})")
+    per_case = []
+    for c in cases:
+        paths = [os.path.join(d, c) for d in (args.segmentor_dir, args.refined_dir, args.labels_dir)]
+        for p in paths:
+            if not os.path.isfile(p):
+                sys.exit(f"label_changes: {p}: missing (every case of {args.refined_dir} needs one)")
+        seg, ref, gt = (_load(p, args.binary) for p in paths)
+        fov = _load(os.path.join(args.fov, c), True).astype(bool) if args.fov else None
+        if not seg.shape == ref.shape == gt.shape or (fov is not None and fov.shape != seg.shape):
+            sys.exit(f"label_changes: {c}: shapes differ (segmentor {seg.shape}, refined {ref.shape}, reference "
+                     f"{gt.shape}{'' if fov is None else f', fov {fov.shape}'})")
+        per_case.append(case_changes(seg, ref, gt, fov))
+    s = summarise(per_case)
+    print(f"{s['cases']} cases; refinement changes {s['changed_per_case']:.1f} pixels per case, "
+          f"{100 * s['in_band_share']:.0f} % of them within 1 px of the segmentor's boundaries; "
+          f"flip accuracy {100 * s['flip_accuracy']:.1f} % (changed pixels whose refined label is the reference's)")
+    for t in s["transitions_per_case"]:
+        mark = "right" if t["refined"] == t["reference"] else ("was right" if t["segmentor"] == t["reference"]
+                                                               else "both wrong")
+        print(f"  segmentor {t['segmentor']} -> refined {t['refined']}, reference {t['reference']}: "
+              f"{t['pixels']:8.1f} per case  ({mark})")
+    for k, v in s["classes"].items():
+        print(f"  class {k}: Dice segmentor {v['segmentor_dice']:.4f}, refined {v['refined_dice']:.4f} "
+              f"(refined higher in {v['refined_higher']}, lower in {v['refined_lower']} of {v['cases']} cases)")
+        print(f"    adds {v['added_per_case']:.1f} pixels per case, {100 * v['addition_accuracy']:.1f} % right "
+              f"(break-even {100 * v['addition_break_even']:.1f} %); removes {v['removed_per_case']:.1f}, "
+              f"{100 * v['removal_accuracy']:.1f} % right (break-even {100 * v['removal_break_even']:.1f} %)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(s, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
