@@ -551,6 +551,41 @@ def test_label_changes_transitions_accuracies_and_break_even(tmp_path):
     assert res.returncode != 0 and "case_000.nii.gz: missing" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_threshold_sweep_scores_thresholds_means_and_unions_exactly(tmp_path):
+    """benchmarks/threshold_sweep.py on hand-made probabilities: each mask is probability > τ, the mean and the
+    union are of the named folders, Dice is exact; a file of the wrong shape gets one clear error."""
+    from PIL import Image
+    gt = np.zeros((6, 6), np.uint8)
+    gt[1:5, 2:4] = 1                                   # 8 pixels
+    a = np.zeros((6, 6), np.float32)
+    a[1:5, 2] = 0.9                                    # a: half of it confidently ...
+    a[1:5, 3] = 0.42                                   # ... the other half just below 0.5
+    b = np.zeros((6, 6), np.float32)
+    b[1:5, 3] = 0.8                                    # b: the other half
+    b[0, 0] = 0.6                                      # and a false positive
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(gt * 255).save(tmp_path / "gt" / "c1.png")
+    for name, p in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "c1.npz", probabilities=np.stack([1 - p, p])[:, None])  # (K, 1, H, W)
+    out = tmp_path / "sweep.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "threshold_sweep.py"), str(tmp_path / "gt"), "--probabilities",
+           f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--thresholds", "0.5", "0.4", "--average", "a,b",
+           "--union", "a,b", "--json", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(out.read_text())["outputs"]
+    assert r["a > 0.5"]["dice"] == pytest.approx(2 * 4 / (4 + 8))
+    assert r["a > 0.4"]["dice"] == pytest.approx(1.0)  # the lower threshold recovers the other half
+    assert r["b > 0.5"]["dice"] == pytest.approx(2 * 4 / (5 + 8))
+    assert r["mean(a, b) > 0.5"]["dice"] == pytest.approx(2 * 4 / (4 + 8))   # (0.42 + 0.8) / 2 = 0.61, 0.9 / 2 = 0.45
+    assert r["mean(a, b) > 0.4"]["dice"] == pytest.approx(1.0)
+    assert r["a > 0.5 or b > 0.5"]["dice"] == pytest.approx(2 * 8 / (9 + 8))
+    np.savez(tmp_path / "b" / "c1.npz", probabilities=np.zeros((2, 1, 5, 6)))
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode != 0 and "c1.npz: probabilities of shape" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_compare_outputs_scores_folders_against_the_reference(tmp_path):
     """benchmarks/compare_outputs.py on hand-made masks: exact Dice inside the FOV, differences against the
     reference, and one clear error for a folder that lacks a case."""
