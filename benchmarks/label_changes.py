@@ -31,20 +31,14 @@ import sys
 import numpy as np
 from scipy import ndimage
 
+from _labels import read_label_image  # benchmarks/ is the script's folder
+
 SUFFIXES = (".nii.gz", ".nii", ".png", ".nrrd", ".mha", ".tif", ".tiff")
 
 
 def _load(path: str, binary: bool) -> np.ndarray:
-    import SimpleITK as sitk
-
-    try:
-        image = sitk.GetArrayFromImage(sitk.ReadImage(path))
-    except RuntimeError as e:
-        sys.exit(f"label_changes: {path}: cannot read it as an image ({str(e).strip().splitlines()[-1]})")
-    if image.ndim == 3 and image.shape[-1] in (3, 4) and path.endswith(".png"):
-        image = image[..., 0]  # an RGB(A) mask
-    image = np.asarray(image)
-    return (image > 0).astype(np.int64) if binary else image.astype(np.int64)
+    image = read_label_image(path, "label_changes")
+    return (image > 0).astype(np.int64) if binary else image
 
 
 def boundary(label: np.ndarray) -> np.ndarray:

@@ -23,19 +23,12 @@ import sys
 
 import numpy as np
 
+from _labels import read_label_image  # benchmarks/ is the script's folder
+
 
 def _label(path: str, label: int) -> np.ndarray:
-    import SimpleITK as sitk
-
-    try:
-        image = np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(path)))
-    except RuntimeError as e:
-        sys.exit(f"threshold_sweep: {path}: cannot read it as an image ({str(e).strip().splitlines()[-1]})")
-    if image.ndim == 3 and image.shape[-1] in (3, 4) and path.endswith(".png"):
-        image = image[..., 0]
-    if path.endswith(".png") and image.max() == 255:
-        return image > 0
-    return image == label
+    image = read_label_image(path, "threshold_sweep")
+    return image > 0 if path.endswith(".png") and image.max() == 255 else image == label
 
 
 def _probabilities(path: str, label: int, shape) -> np.ndarray:
