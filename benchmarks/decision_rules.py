@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+from nnunetv2_hidiff.networks.combine import gate_name
 from nnunetv2_hidiff.training.validation import decide
 
 
@@ -34,7 +35,8 @@ def _candidates(path: str):
 def _label(choice: dict) -> str:
     if not choice["refine"]:
         return "segmentor"
-    return f"{choice['combine']} {choice['steps']} steps"
+    gate = f" {gate_name(choice['gate'])}" if choice.get("gate") else ""
+    return f"{choice['combine']}{gate} {choice['steps']} steps"
 
 
 def main(argv=None) -> int:
@@ -50,9 +52,11 @@ def main(argv=None) -> int:
         for g in a.min_dice_gain:
             d = decide(seg, cands, g)
             chosen = seg if not d["refine"] else next(
-                c for c in cands if (c["steps"], c.get("combine", "none")) == (d["steps"], d["combine"]))
+                c for c in cands if (c["steps"], c.get("combine", "none"), c.get("gate"))
+                == (d["steps"], d["combine"], d.get("gate")))
             row["rules"][str(g)] = {"choice": _label(d), "refine": d["refine"], "steps": d["steps"],
-                                    "combine": d["combine"], "dice": chosen["dice"], "hd95": chosen["hd95"]}
+                                    "combine": d["combine"], **({"gate": d["gate"]} if "gate" in d else {}),
+                                    "dice": chosen["dice"], "hd95": chosen["hd95"]}
         rows.append(row)
     head = "record | segmentor Dice / HD95 | " + " | ".join(f"min_dice_gain {g}" for g in a.min_dice_gain)
     print(head)

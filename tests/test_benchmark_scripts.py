@@ -479,7 +479,8 @@ def test_device_console_scripts_survive_spawned_workers(tmp_path):
 def test_decision_rules_replays_the_trainers_decision_with_a_dice_tolerance(tmp_path):
     """benchmarks/decision_rules.py: with min_dice_gain 0 a candidate that loses 0.0004 Dice is refused; with a
     tolerance of 0.001 the best-Dice candidate among those whose HD95 is not higher is chosen, never one with a
-    higher HD95 or a larger Dice loss; a record without candidates is one clear error naming the file."""
+    higher HD95 or a larger Dice loss, and a gated choice reports its own gate's scores; a record without candidates
+    is one clear error naming the file."""
     def cand(refine, steps, combine, d, h):
         return {"refine": refine, "steps": steps, "combine": combine, "dice": d, "hd95": h}
     rec = tmp_path / "hidiff_fold.json"
@@ -488,15 +489,17 @@ def test_decision_rules_replays_the_trainers_decision_with_a_dice_tolerance(tmp_
         cand(True, 1, "union", 0.8238, 5.09),            # −0.0004, HD95 lower: the tolerant rule's choice
         cand(True, 1, "none", 0.8236, 4.99),             # −0.0006, lower Dice than the union
         cand(True, 2, "none", 0.8245, 6.10),             # +0.0003 but HD95 higher: refused by both rules
-        cand(True, 5, "new_components", 0.8200, 3.00)]}}))  # −0.0042: beyond the tolerance
+        cand(True, 5, "new_components", 0.8200, 3.00),   # −0.0042: beyond the tolerance
+        {**cand(True, 1, "gated", 0.8240, 5.20), "gate": [0.5, 0.9]},   # −0.0002
+        {**cand(True, 1, "gated", 0.8241, 5.40), "gate": [0.5, 0.8]}]}}))  # −0.0001: the tolerant rule's choice
     out = tmp_path / "rules.json"
     proc = run_script("decision_rules.py", [rec, "--min-dice-gain", "0", "-0.001", "--json", out], dict(os.environ))
     rows = json.loads(out.read_text())
     strict, tolerant = rows[0]["rules"]["0.0"], rows[0]["rules"]["-0.001"]
     assert (strict["refine"], strict["choice"]) == (False, "segmentor")
-    assert (tolerant["refine"], tolerant["steps"], tolerant["combine"]) == (True, 1, "union")
-    assert (tolerant["dice"], tolerant["hd95"]) == (0.8238, 5.09)
-    assert "union 1 steps: 0.8238 / 5.090" in proc.stdout
+    assert (tolerant["refine"], tolerant["steps"], tolerant["combine"], tolerant["gate"]) == (True, 1, "gated", [0.5, 0.8])
+    assert (tolerant["dice"], tolerant["hd95"]) == (0.8241, 5.40)  # that gate's scores, not the first gated candidate's
+    assert "gated a500_r800 1 steps: 0.8241 / 5.400" in proc.stdout
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"trainer": "x"}))
     err = run_script("decision_rules.py", [bad], dict(os.environ), expect_rc=1)

@@ -91,3 +91,43 @@ def test_average_is_the_mean_of_both_outputs_probabilities_and_can_remove_pixels
     ref = torch.tensor([[4.0, 0.0]]).view(1, 2, 1, 1)     # refined: background, p = 0.98
     assert combine_outputs(seg, ref, "average").argmax(1).item() == 0
     assert combine_outputs(seg, ref, "union").argmax(1).item() == 1
+
+
+def test_gated_takes_the_refined_label_only_above_its_gate_and_spans_segmentor_to_refined():
+    """combine 'gated': an addition (segmentor background) needs a refined probability above gate_add, a removal or
+    change of class above gate_remove; (0.5, 0.5) is the refined output, (0.5, 1) the union, (1, 1) the segmentor."""
+    from nnunetv2_hidiff.networks.combine import check_gate, gate_name
+
+    # one pixel per case: segmentor label (confident), refined probabilities of the three classes
+    seg_labels = torch.tensor([0, 0, 1, 1, 2, 0])
+    ref_probs = torch.tensor([[0.40, 0.60, 0.00],    # addition at 0.60
+                              [0.15, 0.85, 0.00],    # addition at 0.85
+                              [0.70, 0.30, 0.00],    # removal at 0.70
+                              [0.05, 0.00, 0.95],    # change of class at 0.95
+                              [0.00, 0.20, 0.80],    # agreement: nothing to take
+                              [0.90, 0.10, 0.00]])   # agreement on background
+    seg_logits = (torch.nn.functional.one_hot(seg_labels, 3).float() * 5).T.reshape(1, 3, 1, 6)
+    ref_logits = torch.log(ref_probs.clamp_min(1e-6)).T.reshape(1, 3, 1, 6)
+
+    def labels(gate):
+        return combine_outputs(seg_logits, ref_logits, "gated", gate).argmax(1).flatten().tolist()
+
+    refined = ref_probs.argmax(1).tolist()
+    assert labels((0.5, 0.5)) == refined == [1, 1, 0, 2, 2, 0]
+    assert labels((1.0, 1.0)) == seg_labels.tolist()
+    assert labels((0.5, 1.0)) == combine_outputs(seg_logits, ref_logits, "union").argmax(1).flatten().tolist() \
+        == [1, 1, 1, 1, 2, 0]
+    assert labels((0.7, 1.0)) == [0, 1, 1, 1, 2, 0]      # only the confident addition
+    assert labels((1.0, 0.8)) == [0, 0, 1, 2, 2, 0]      # only the confident change of class
+    assert labels((0.5, 0.6)) == [1, 1, 0, 2, 2, 0]      # all additions, the removal at 0.70 too
+    # where it takes the refined label, the output is the refined log-softmax; elsewhere the segmentor's
+    out = combine_outputs(seg_logits, ref_logits, "gated", (0.7, 1.0))
+    torch.testing.assert_close(out[..., 1], torch.log_softmax(ref_logits, 1)[..., 1])
+    torch.testing.assert_close(out[..., 0], torch.log_softmax(seg_logits, 1)[..., 0])
+    assert gate_name((0.5, 0.8)) == "a500_r800" and check_gate(["0.6", 1]) == (0.6, 1.0)
+    with pytest.raises(ValueError, match="needs a gate"):
+        combine_outputs(seg_logits, ref_logits, "gated")
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        combine_outputs(seg_logits, ref_logits, "gated", (0.5, 1.5))
+    with pytest.raises(ValueError, match="two probabilities"):
+        check_gate((0.5,))

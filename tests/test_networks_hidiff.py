@@ -232,8 +232,9 @@ def test_transition_setting_changes_the_chain_and_is_read_from_the_environment()
 def test_state_dict_is_single_and_reloadable():
     net = _build(str(HIPPO_PLANS))
     sd = net.state_dict()
-    assert all(k.startswith(("segmentor.", "refiner.")) for k in sd if k != "inference_decision")
+    assert all(k.startswith(("segmentor.", "refiner.")) for k in sd if k not in ("inference_decision", "inference_gate"))
     assert torch.equal(sd["inference_decision"], torch.tensor([1, 0]))
+    assert torch.equal(sd["inference_gate"], torch.tensor([500, 1000]))
     assert any(k.startswith("refiner.xformer.") for k in sd)
     other = _build(str(HIPPO_PLANS), ds=False)
     other.load_state_dict(sd)  # strict: deep supervision on/off share keys
@@ -253,11 +254,11 @@ def test_decision_travels_in_the_state_dict_and_forced_settings_win():
     net = _build(str(HIPPO_PLANS), ds=False)
     net.eval()
     x = torch.randn(1, 1, 56, 40)
-    old = {k: v for k, v in net.state_dict().items() if k != "inference_decision"}
+    old = {k: v for k, v in net.state_dict().items() if k not in ("inference_decision", "inference_gate")}
     other = _build(str(HIPPO_PLANS), ds=False)
     other.set_decision(False)
     other.load_state_dict(old)  # strict, without the buffer
-    assert other.resolved_settings() == (True, 10)
+    assert other.resolved_settings() == (True, 10) and other.inference_gate.tolist() == [500, 1000]
     net.set_decision(False)
     other.load_state_dict(net.state_dict())
     other.eval()
@@ -304,6 +305,20 @@ def test_decision_to_combine_segmentor_and_new_refined_components():
     net.set_decision(True, 0, "average")
     assert net.inference_decision.tolist() == [4, 0] and net.resolved_combine() == "average"
     torch.testing.assert_close(net(x), combine_outputs(segmentor, refined, "average"))
+    net.set_decision(True, 0, "gated", (0.6, 0.9))
+    assert net.inference_decision.tolist() == [5, 0] and net.inference_gate.tolist() == [600, 900]
+    assert net.resolved_combine() == "gated" and net.resolved_gate() == (0.6, 0.9)
+    torch.testing.assert_close(net(x), combine_outputs(segmentor, refined, "gated", (0.6, 0.9)))
+    other.refine, other.combine = None, None
+    other.load_state_dict(net.state_dict())  # the gate travels with the decision
+    torch.testing.assert_close(other(x), net(x))
+    apply_inference_settings(other, {"nnUNet_HiDiff_gate": "0.5,1"})  # a forced gate wins over the stored one
+    assert other.resolved_gate() == (0.5, 1.0)
+    torch.testing.assert_close(other(x), combine_outputs(segmentor, refined, "gated", (0.5, 1.0)))
+    with pytest.raises(ValueError, match="nnUNet_HiDiff_gate='0.5' must be two probabilities"):
+        apply_inference_settings(other, {"nnUNet_HiDiff_gate": "0.5"})
+    with pytest.raises(ValueError, match="needs a gate"):
+        net.set_decision(True, 0, "gated")
     net.set_decision(False, 0, "new_components")  # no refinement: nothing to combine
     assert net.inference_decision.tolist() == [0, 0]
     torch.testing.assert_close(net(x), segmentor)

@@ -55,7 +55,8 @@ def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
     summaries = {name: json.loads((fold / name / "summary.json").read_text())
                  for name in ("validation", "validation_refined", "validation_segmentor", "validation_refined_1steps",
                               "validation_combined", "validation_combined_1steps", "validation_union",
-                              "validation_union_1steps")}
+                              "validation_union_1steps", "validation_gated_a500_r800",
+                              "validation_gated_a500_r800_1steps")}
     assert all("HD95" in s["foreground_mean"] for s in summaries.values())
     record = read_fold_record(fold)
     assert record["trainer"] == "nnUNetTrainerHiDiff_smoke" and record["kind"] == "hidiff"
@@ -67,24 +68,33 @@ def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
         assert entry["folder"] == folder and entry["cases"] == len(summaries[folder]["metric_per_case"])
         assert entry["dice"] == summaries[folder]["foreground_mean"]["Dice"] and entry["seconds_per_case"] > 0
     decision = record["decision"]
-    folders = {"none": "validation_refined", "new_components": "validation_combined", "union": "validation_union"}
+    folders = {"none": "validation_refined", "new_components": "validation_combined", "union": "validation_union",
+               "gated": "validation_gated_a500_r800"}
     chosen = ("validation_segmentor" if not decision["refine"] else
               folders[decision["combine"]] + ("" if decision["steps"] == 2 else f"_{decision['steps']}steps"))
     assert summaries["validation"]["foreground_mean"] == summaries[chosen]["foreground_mean"]
     assert record["validation"]["refined_1steps"]["folder"] == "validation_refined_1steps"  # decision_extra_steps
     assert record["validation"]["combined_1steps"]["combine"] == "new_components"  # decision_combine
     assert record["validation"]["union"]["combine"] == "union"
-    # segmentor alone; 2 steps (the default) and 1 step, each refined and in both combinations with the segmentor
-    assert len(decision["candidates"]) == 7
+    gated = record["validation"]["gated_a500_r800_1steps"]  # decision_gates
+    assert gated["combine"] == "gated" and gated["gate"] == [0.5, 0.8] and gated["steps"] == 1
+    assert gated["folder"] == "validation_gated_a500_r800_1steps"
+    assert summaries[gated["folder"]]["foreground_mean"]["Dice"] == gated["dice"]
+    # segmentor alone; 2 steps (the default) and 1 step, each refined, in both combinations with the segmentor
+    # and gated
+    assert len(decision["candidates"]) == 9
+    assert ("gate" in decision) == (decision["refine"] and decision["combine"] == "gated")
     weights = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
     stored_steps = decision["steps"] if decision["steps"] != 2 else 0  # 0 = the network's default steps
     assert weights["inference_decision"].tolist() == [_mode(decision), stored_steps]
+    gate = [round(g * 1000) for g in decision["gate"]] if "gate" in decision else [500, 1000]
+    assert weights["inference_gate"].tolist() == gate
 
 
 def _mode(decision: dict) -> int:
     """The first entry of HiDiffNetwork.inference_decision for a fold record's decision."""
     return 0 if not decision["refine"] else {"none": 1, "new_components": 2, "union": 3,
-                                             "average": 4}[decision["combine"]]
+                                             "average": 4, "gated": 5}[decision["combine"]]
 
 
 # decided mode (HiDiffNetwork.inference_decision[0]), the environment that forces it, one that forces another output
@@ -95,7 +105,11 @@ DECISION_MODES = [(0, {"nnUNet_HiDiff_refine": "0"}, {"nnUNet_HiDiff_refine": "1
                   (3, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "union"},
                    {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "new_components"}),
                   (4, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "average"},
-                   {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "union"})]
+                   {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "union"}),
+                  # the test stores gate (0, 0) with mode 5: every refined label that differs, on the segmentor's
+                  # probabilities where both agree
+                  (5, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "gated", "nnUNet_HiDiff_gate": "0,0"},
+                   {"nnUNet_HiDiff_refine": "1"})]
 
 
 @pytest.mark.parametrize("mode,forced,other", DECISION_MODES)
@@ -110,7 +124,8 @@ def test_prediction_follows_the_stored_decision_unless_forced(trained, tmp_path,
     model = tmp_path / "model"
     shutil.copytree(root / "results" / "Dataset990_Tiny" / TRAINER_DIR, model)
     import torch
-    write_decision_into_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"), torch.tensor([mode, 0]))
+    write_decision_into_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"), torch.tensor([mode, 0]),
+                                   torch.tensor([0, 0]) if mode == 5 else None)
     images = root / "raw" / "Dataset990_Tiny" / "imagesTs"
     common = ["-i", images, "-m", model, "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1",
               "--save_probabilities"]
@@ -218,6 +233,9 @@ def test_hidiff_predict_wrapper_options(trained, tmp_path):
     bad = subprocess.run([str(BIN / "nnunetv2_hidiff_predict"), "--steps", "0", "--", "-o", tmp_path / "x", *common],
                          env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--steps must be at least 1" in bad.stderr
+    bad_gate = subprocess.run([str(BIN / "nnunetv2_hidiff_predict"), "--combine", "gated", "--gate", "0.5", "--",
+                               "-o", tmp_path / "x", *common], env=env, capture_output=True, text=True)
+    assert bad_gate.returncode == 2 and "--gate='0.5' must be two probabilities" in bad_gate.stderr
     too_many = subprocess.run([str(BIN / "nnUNetv2_predict"), "-o", tmp_path / "y", *common],
                               env=dict(env, nnUNet_HiDiff_steps="11"), capture_output=True, text=True)
     assert too_many.returncode != 0 and "nnUNet_HiDiff_steps=11 must lie in 1..10" in too_many.stderr

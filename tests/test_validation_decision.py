@@ -61,3 +61,13 @@ def test_combined_candidates_compete_like_refined_ones():
     assert d["combine"] == "new_components"
     d = decide(seg, [combined, {**union, "hd95": 1.4}])
     assert d["combine"] == "union" and d["steps"] == 1 and "refined foreground" in d["reason"]
+
+
+def test_gated_candidates_compete_and_the_decision_carries_the_gate():
+    seg = {"dice": 0.80, "hd95": 2.0}
+    union = {**_c(1, 0.81, 1.5), "combine": "union"}
+    gated = {**_c(1, 0.815, 1.6), "combine": "gated", "gate": [0.5, 0.8]}
+    d = decide(seg, [union, gated])
+    assert d["combine"] == "gated" and d["gate"] == [0.5, 0.8] and "exceeds 0.5 on the segmentor's" in d["reason"]
+    assert "gate" not in decide(seg, [union, {**gated, "dice": 0.805}])  # the union wins: no gate in the decision
+    assert "gate" not in decide(seg, [{**gated, "hd95": 2.5}])  # the segmentor alone

@@ -13,8 +13,8 @@ import argparse
 import os
 import sys
 
-from nnunetv2_hidiff.training.inference_settings import (COMBINES, ENV_COMBINE, ENV_REFINE, ENV_SAMPLES, ENV_SEED,
-                                                         ENV_STEPS, ENV_TRANSITION, TRANSITIONS)
+from nnunetv2_hidiff.training.inference_settings import (COMBINES, ENV_COMBINE, ENV_GATE, ENV_REFINE, ENV_SAMPLES,
+                                                         ENV_SEED, ENV_STEPS, ENV_TRANSITION, TRANSITIONS, parse_gate)
 
 
 def parse(argv):
@@ -33,20 +33,29 @@ def parse(argv):
     parser.add_argument("--combine", choices=COMBINES,
                         help="'none': the refined output; 'new_components': the segmentor's output plus the refined "
                              "components it does not reach; 'union': plus all refined foreground; 'average': the "
-                             "mean of both outputs' probabilities (default: each fold's decision)")
+                             "mean of both outputs' probabilities; 'gated': the refined label where its refined "
+                             "probability exceeds --gate (default: each fold's decision)")
+    parser.add_argument("--gate", metavar="ADD,REMOVE",
+                        help="gate of --combine gated: the refined probability an addition (segmentor background) "
+                             "and a removal must exceed, e.g. 0.5,0.8 (default: the gate stored with the decision)")
     args, rest = parser.parse_known_args(argv)
     if rest and rest[0] == "--":
         rest = rest[1:]
     for name, value in (("--steps", args.steps), ("--samples", args.samples)):
         if value is not None and value < 1:
             parser.error(f"{name} must be at least 1, got {value}")
+    if args.gate is not None:
+        try:
+            parse_gate(args.gate, "--gate")
+        except ValueError as e:
+            parser.error(str(e))
     return args, rest
 
 
 def main(argv=None) -> None:
     args, rest = parse(sys.argv[1:] if argv is None else argv)
     for env, value in ((ENV_STEPS, args.steps), (ENV_SAMPLES, args.samples), (ENV_SEED, args.seed),
-                       (ENV_TRANSITION, args.transition), (ENV_COMBINE, args.combine)):
+                       (ENV_TRANSITION, args.transition), (ENV_COMBINE, args.combine), (ENV_GATE, args.gate)):
         if value is not None:
             os.environ[env] = str(value)
     if args.no_refine or args.refine:

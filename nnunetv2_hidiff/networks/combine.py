@@ -16,6 +16,14 @@ A third one is symmetric: ``COMBINE_AVERAGE``, the mean of the segmentor's softm
 pixels as well as add them: a pixel changes label only where the refiner disagrees more confidently than the
 segmentor agrees.
 
+The fourth one follows the Dice break-even of a relabelled pixel (benchmarks/label_changes.py): adding a pixel to
+a class raises its Dice only if such additions are right more often than D/2, removing one only if removals are
+right more often than 1 − D/2 (D = the class's Dice). ``COMBINE_GATED`` takes the refined label only where it
+differs from the segmentor's *and* the refined probability of that label (ŷ0 normalised over the classes) exceeds a
+gate: ``gate_add`` where the segmentor predicts background (an addition), ``gate_remove`` where it predicts a
+foreground class (a removal or a change of class). Gates (0.5, 0.5) give the refined output of a binary task,
+(0.5, 1) the union, (1, 1) the segmentor; the decision chooses the gates on the fold's validation cases.
+
 "Reach" is geodesic: a refined pixel is kept out when it is connected to the segmentor's mask through pixels
 of the union of both masks (8-connectivity in 2d, 26 in 3d), computed by morphological reconstruction (iterated
 3×3(×3) max-pooling inside the union), so it runs on the device with the rest of the forward pass. In nnU-Net's
@@ -23,11 +31,32 @@ sliding window it is applied per patch: a component cut by the patch border is j
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence, Tuple
+
 import torch
 import torch.nn.functional as F
 
 COMBINE_NONE, COMBINE_NEW_COMPONENTS, COMBINE_UNION, COMBINE_AVERAGE = "none", "new_components", "union", "average"
-COMBINES = (COMBINE_NONE, COMBINE_NEW_COMPONENTS, COMBINE_UNION, COMBINE_AVERAGE)  # order = stored decision mode
+COMBINE_GATED = "gated"
+# order = stored decision mode
+COMBINES = (COMBINE_NONE, COMBINE_NEW_COMPONENTS, COMBINE_UNION, COMBINE_AVERAGE, COMBINE_GATED)
+
+
+def check_gate(gate) -> Tuple[float, float]:
+    """(gate_add, gate_remove) as floats in [0, 1]; one clear error otherwise."""
+    try:
+        add, remove = (float(g) for g in gate)
+    except (TypeError, ValueError):
+        raise ValueError(f"a gate is two probabilities (add, remove), got {gate!r}") from None
+    if not (0.0 <= add <= 1.0 and 0.0 <= remove <= 1.0):
+        raise ValueError(f"gate probabilities must lie in [0, 1], got {gate!r}")
+    return add, remove
+
+
+def gate_name(gate) -> str:
+    """Folder/record suffix of a gate: (0.5, 0.8) -> 'a500_r800' (per mille)."""
+    add, remove = check_gate(gate)
+    return f"a{round(add * 1000)}_r{round(remove * 1000)}"
 
 
 def reconstruct(marker: torch.Tensor, mask: torch.Tensor, max_iterations: int = 100_000) -> torch.Tensor:
@@ -55,13 +84,15 @@ def new_components(segmentor_mask: torch.Tensor, refined_mask: torch.Tensor) -> 
 
 
 def combine_outputs(segmentor_logits: torch.Tensor, refined_logits: torch.Tensor,
-                    combine: str = COMBINE_NEW_COMPONENTS) -> torch.Tensor:
+                    combine: str = COMBINE_NEW_COMPONENTS, gate: Optional[Sequence[float]] = None) -> torch.Tensor:
     """Per-class log-probabilities (B, K, *sp): the segmentor's log-softmax, except where the refined output adds
     foreground (classes 1..K-1, argmax masks): with ``COMBINE_UNION`` wherever the segmentor predicts background,
     with ``COMBINE_NEW_COMPONENTS`` on the refined components that the segmentor's mask of the same class does not
     reach; there the refined output's log-softmax is used. Both are normalised so that nnU-Net's sliding window
     averages values of one scale; the result's argmax is the segmentor's argmax plus the additions.
-    With ``COMBINE_AVERAGE``: log((softmax(segmentor) + softmax(refined)) / 2) everywhere."""
+    With ``COMBINE_AVERAGE``: log((softmax(segmentor) + softmax(refined)) / 2) everywhere. With ``COMBINE_GATED``
+    (``gate`` = (gate_add, gate_remove) required): the refined log-softmax where the refined label differs from the
+    segmentor's and its refined probability exceeds gate_add (segmentor background) or gate_remove (otherwise)."""
     if segmentor_logits.shape != refined_logits.shape:
         raise ValueError(f"segmentor logits {tuple(segmentor_logits.shape)} and refined logits "
                          f"{tuple(refined_logits.shape)} differ in shape")
@@ -71,14 +102,20 @@ def combine_outputs(segmentor_logits: torch.Tensor, refined_logits: torch.Tensor
         mean = (torch.softmax(segmentor_logits.float(), 1) + torch.softmax(refined_logits.float(), 1)) / 2
         return torch.log(mean.clamp_min(1e-12)).to(segmentor_logits.dtype)
     seg_label, ref_label = segmentor_logits.argmax(1), refined_logits.argmax(1)
-    if combine == COMBINE_UNION:
-        add = (seg_label == 0) & (ref_label > 0)
+    if combine == COMBINE_GATED:
+        if gate is None:
+            raise ValueError("combine='gated' needs a gate (gate_add, gate_remove)")
+        add_gate, remove_gate = check_gate(gate)
+        confidence = torch.softmax(refined_logits.float(), 1).amax(1)  # the refined probability of ref_label
+        take = (ref_label != seg_label) & (confidence > torch.where(seg_label == 0, add_gate, remove_gate))
+    elif combine == COMBINE_UNION:
+        take = (seg_label == 0) & (ref_label > 0)
     else:
-        add = torch.zeros_like(seg_label, dtype=torch.bool)
+        take = torch.zeros_like(seg_label, dtype=torch.bool)
         for k in range(1, segmentor_logits.shape[1]):
-            add |= new_components(seg_label == k, ref_label == k)
+            take |= new_components(seg_label == k, ref_label == k)
     seg_log, ref_log = (torch.log_softmax(v.float(), dim=1) for v in (segmentor_logits, refined_logits))
-    return torch.where(add.unsqueeze(1), ref_log, seg_log).to(segmentor_logits.dtype)
+    return torch.where(take.unsqueeze(1), ref_log, seg_log).to(segmentor_logits.dtype)
 
 
 def combine_new_components(segmentor_logits: torch.Tensor, refined_logits: torch.Tensor) -> torch.Tensor:

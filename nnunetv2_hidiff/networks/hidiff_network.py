@@ -1,12 +1,12 @@
 """HiDiffNetwork: the nnU-Net segmentor, the diffusion refiner and the Bernoulli diffusion in one module."""
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .combine import COMBINE_NONE, COMBINES, combine_outputs
+from .combine import COMBINE_GATED, COMBINE_NONE, COMBINES, check_gate, combine_outputs
 from .refiner import HiDiffRefiner
 
 __all__ = ["HiDiffNetwork", "SegmentorOutput"]
@@ -45,17 +45,19 @@ class HiDiffNetwork(nn.Module):
         steps_forced (False: steps stored in the decision win over num_inference_steps), combine (None: follow
         the stored decision, or "none" when refine is forced; "none": the refined output; "new_components": the
         segmentor's output plus the refined components it does not reach; "union": plus all refined foreground
-        where the segmentor predicts background; "average": the mean of both outputs' probabilities; see
-        networks/combine.py).
+        where the segmentor predicts background; "average": the mean of both outputs' probabilities; "gated": the
+        refined label where its refined probability exceeds a gate; see networks/combine.py), gate (None: the
+        stored gate; else (gate_add, gate_remove) for combine "gated").
 
     The decision (issue "never worse by default"): the persistent buffer ``inference_decision`` =
     [mode (0 segmentor alone, 1 refined, 2 segmentor + new refined components, 3 segmentor ∪ refined,
-    4 mean of segmentor and refined probabilities),
+    4 mean of segmentor and refined probabilities, 5 gated),
     steps (0 = num_inference_steps)]
-    is part of the state dict, so the checkpoint carries it
+    and, for mode 5, the buffer ``inference_gate`` = [gate_add, gate_remove] in per mille,
+    are part of the state dict, so the checkpoint carries it
     and nnU-Net's predictor, which loads every fold's weights into the network before predicting with that
     fold, applies each fold's own decision. The trainer sets it after validation (see :meth:`set_decision`).
-    State dicts written before the buffer existed load with the default [1, 0] (refine).
+    State dicts written before the buffers existed load with the defaults [1, 0] (refine) and [500, 1000].
     """
 
     def __init__(self, segmentor: nn.Module, refiner: HiDiffRefiner, diffusion, num_classes: int,
@@ -79,7 +81,9 @@ class HiDiffNetwork(nn.Module):
         self.steps_forced = False
         self.transition = str(transition or self._sampler_class().DEFAULT_TRANSITION)
         self.output_space = "log"
+        self.gate: Optional[Tuple[float, float]] = None
         self.register_buffer("inference_decision", torch.tensor([1, 0], dtype=torch.long))
+        self.register_buffer("inference_gate", torch.tensor([500, 1000], dtype=torch.long))
 
     @property
     def packed(self) -> bool:
@@ -105,14 +109,19 @@ class HiDiffNetwork(nn.Module):
         return BernoulliDDIMSampler
 
     # ------------------------------------------------------------------ the stored decision
-    def set_decision(self, refine: bool, steps: int = 0, combine: str = COMBINE_NONE) -> None:
-        """Store whether (and with how many steps; 0 = num_inference_steps, and combined how) prediction refines
-        by default."""
+    def set_decision(self, refine: bool, steps: int = 0, combine: str = COMBINE_NONE,
+                     gate: Optional[Sequence[float]] = None) -> None:
+        """Store whether (and with how many steps; 0 = num_inference_steps, and combined how, with which gate for
+        combine "gated") prediction refines by default."""
         if not 0 <= int(steps) <= self.diffusion.num_steps:
             raise ValueError(f"steps must lie in 0..{self.diffusion.num_steps}, got {steps}")
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-        mode = 1 + COMBINES.index(combine) if refine else 0  # 1 refined, 2 new_components, 3 union, 4 average
+        if combine == COMBINE_GATED and refine:
+            if gate is None:
+                raise ValueError("combine='gated' needs a gate (gate_add, gate_remove)")
+            self.inference_gate.copy_(torch.tensor([round(g * 1000) for g in check_gate(gate)]))
+        mode = 1 + COMBINES.index(combine) if refine else 0  # 1 refined, 2 new_components, 3 union, 4 average, 5 gated
         self.inference_decision.copy_(torch.tensor([mode, int(steps)]))
 
     def resolved_settings(self):
@@ -134,9 +143,17 @@ class HiDiffNetwork(nn.Module):
         mode = int(self.inference_decision[0])
         return COMBINES[mode - 1] if 1 <= mode <= len(COMBINES) else COMBINE_NONE
 
+    def resolved_gate(self) -> Tuple[float, float]:
+        """(gate_add, gate_remove) of combine "gated": the forced ``gate`` first, else the stored one."""
+        if self.gate is not None:
+            return check_gate(self.gate)
+        add, remove = (int(v) / 1000 for v in self.inference_gate.tolist())
+        return add, remove
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the decision buffer existed: refine with the default steps
         state_dict.setdefault(prefix + "inference_decision", torch.tensor([1, 0], dtype=torch.long))
+        state_dict.setdefault(prefix + "inference_gate", torch.tensor([500, 1000], dtype=torch.long))
         own = self.refiner.state_dict(prefix=prefix + "refiner.")
         for key, value in state_dict.items():
             if key in own and torch.is_tensor(value) and value.shape != own[key].shape:
@@ -199,7 +216,8 @@ class HiDiffNetwork(nn.Module):
             if self.output_space != "log":
                 raise ValueError(f"combine={combine!r} needs per-class (softmax) outputs; region-based "
                                  "(sigmoid, output_space 'logit') models predict the refined output alone")
-            return combine_outputs(logits, refined.to(logits.dtype), combine)
+            gate = self.resolved_gate() if combine == COMBINE_GATED else None
+            return combine_outputs(logits, refined.to(logits.dtype), combine, gate)
         return refined.to(logits.dtype)
 
     @torch.no_grad()

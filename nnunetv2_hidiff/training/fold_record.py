@@ -15,18 +15,20 @@ these files only, never from log text or source code:
     validation              {"segmentor": {...}, "refined": {...}} for HiDiff folds: per output the
                             folder name, the number of cases, seconds per case and foreground Dice/HD95
     decision                HiDiff folds after validation: {"refine": bool, "steps": int, "combine": str,
-                             "reason": str, "candidates": [{"refine", "steps", "combine", "dice", "hd95"}, ...]}
+                             ["gate": [add, remove],] "reason": str,
+                             "candidates": [{"refine", "steps", "combine", ["gate",] "dice", "hd95"}, ...]}
                             (combine: "none", the refined output, "new_components", the segmentor's output
                             plus the refined components it does not reach, "union", plus all refined
-                            foreground, or "average", the mean of both outputs' probabilities; absent in
-                            records before 2026-12-05)
+                            foreground, "average", the mean of both outputs' probabilities, or "gated", the
+                            refined label where its refined probability exceeds gate[0] on the segmentor's
+                            background and gate[1] elsewhere; absent in records before 2026-12-05)
 The validation outputs of a HiDiff fold:
     fold_k/validation/              nnU-Net's folder: the output as decided (what find_best_configuration,
                                     postprocessing and ensembling read)
     fold_k/validation_refined/      refinement forced on (default steps)
     fold_k/validation_segmentor/    the segmentor alone
-    fold_k/validation_refined_{k}steps/, validation_{combined,union,average}[_{k}steps]/: the other
-                                    candidates of the decision
+    fold_k/validation_refined_{k}steps/, validation_{combined,union,average}[_{k}steps]/,
+    fold_k/validation_gated_a{add}_r{remove}[_{k}steps]/: the other candidates of the decision
 each with nnU-Net's summary.json extended by the HiDiff metrics (HD95 & co).
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ VALIDATION_SEGMENTOR = "validation_segmentor"
 VALIDATION_COMBINED = "validation_combined"  # the segmentor plus the refined components it does not reach
 VALIDATION_UNION = "validation_union"  # the segmentor's foreground plus the refined foreground
 VALIDATION_AVERAGE = "validation_average"  # the mean of the segmentor's and the refined probabilities
+VALIDATION_GATED = "validation_gated"  # + _a{add}_r{remove} (per mille): the refined label where it exceeds the gate
 OUTPUT_FOLDERS = {"refined": VALIDATION_REFINED, "segmentor": VALIDATION_SEGMENTOR}
 
 

@@ -13,23 +13,27 @@ nnU-Net's predictor builds the network through the trainer class, so these varia
                            (Algorithm 2), "threshold" (see nnunetv2_hidiff.diffusion.BernoulliDDIMSampler)
     nnUNet_HiDiff_combine  "none": the refined output; "new_components": the segmentor's output plus the refined
                            components it does not reach; "union": plus all refined foreground; "average": the
-                           mean of both outputs' probabilities (networks/combine.py); unset: the fold's decision, or
+                           mean of both outputs' probabilities; "gated": the refined label where its refined
+                           probability exceeds the gate (networks/combine.py); unset: the fold's decision, or
                            "none" when nnUNet_HiDiff_refine forces refinement
+    nnUNet_HiDiff_gate     "ADD,REMOVE": the gate of combine "gated", two probabilities in [0, 1] (e.g. "0.5,0.8");
+                           unset: the gate stored with the fold's decision
     nnUNet_HiDiff_packed   1: the binary refiner's convolutions run as bit-packed XNOR-popcount kernels (CPU);
                            0: simulated float ±1 convolutions; unset: the network's default
 
-``nnunetv2_hidiff_predict`` sets them from --steps/--samples/--seed/--no-refine/--transition/--combine.
+``nnunetv2_hidiff_predict`` sets them from --steps/--samples/--seed/--no-refine/--transition/--combine/--gate.
 """
 from __future__ import annotations
 
 import os
 
 from nnunetv2_hidiff.diffusion import BernoulliDDIMSampler
-from nnunetv2_hidiff.networks.combine import COMBINES
+from nnunetv2_hidiff.networks.combine import COMBINES, check_gate
 
 ENV_STEPS, ENV_SAMPLES, ENV_SEED, ENV_REFINE = ("nnUNet_HiDiff_steps", "nnUNet_HiDiff_samples",
                                                 "nnUNet_HiDiff_seed", "nnUNet_HiDiff_refine")
 ENV_TRANSITION, ENV_PACKED, ENV_COMBINE = "nnUNet_HiDiff_transition", "nnUNet_HiDiff_packed", "nnUNet_HiDiff_combine"
+ENV_GATE = "nnUNet_HiDiff_gate"
 TRANSITIONS = BernoulliDDIMSampler.TRANSITIONS
 
 
@@ -44,6 +48,14 @@ def _int_env(environ, name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"environment variable {name}={value} must lie in {low}..{high}")
     return value
+
+
+def parse_gate(text: str, what: str = "gate"):
+    """'0.5,0.8' -> (0.5, 0.8); one clear error naming ``what`` otherwise."""
+    try:
+        return check_gate(text.split(","))
+    except ValueError:
+        raise ValueError(f"{what}={text!r} must be two probabilities ADD,REMOVE in [0, 1], e.g. '0.5,0.8'") from None
 
 
 def apply_inference_settings(network, environ=None) -> None:
@@ -68,5 +80,8 @@ def apply_inference_settings(network, environ=None) -> None:
         if combine not in COMBINES:
             raise ValueError(f"environment variable {ENV_COMBINE}={combine!r} must be one of {COMBINES}")
         network.combine = combine
+    gate = env.get(ENV_GATE)
+    if gate:
+        network.gate = parse_gate(gate, f"environment variable {ENV_GATE}")
     if env.get(ENV_PACKED):
         network.packed = bool(_int_env(env, ENV_PACKED, 0, 0, 1))

@@ -81,8 +81,9 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     refiner_batches = "augmented"  # "clean": the refiner learns on unaugmented training batches (clean_batches.py)
     # the per-fold decision (validation.py): step counts tried besides the default, each also combined with the
     # segmentor's output in these ways (networks/combine.py: "new_components", "union", "average"; () = refined only)
+    # and gated with each (gate_add, gate_remove) pair (combine "gated")
     decision_extra_steps: Tuple[int, ...] = (1, 2, 5)
-    decision_combine: Tuple[str, ...] = ("new_components", "union")
+    decision_combine, decision_gates = ("new_components", "union"), ()
     decision_min_dice_gain = 0.0  # the Dice gain refinement must bring
     # warm-up: the paper pre-trains the segmentor for 40k iterations = 160 of nnU-Net's 250-iteration
     # epochs, i.e. 16 % of the default 1000 epochs. Skipped when a whole segmentor is loaded (below).
@@ -342,8 +343,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs: List[dict]):
         outputs = collate_outputs(train_outputs)
         self.logger.log("train_losses", nan_mean(gathered(outputs["loss"])), self.current_epoch)
-        for key in ("refiner_loss", "refiner_kl", "refiner_focal"):
-            log_key = "refiner_losses" if key == "refiner_loss" else key
+        for key, log_key in (("refiner_loss", "refiner_losses"), ("refiner_kl",) * 2, ("refiner_focal",) * 2):
             self.logger.log(log_key, nan_mean(gathered(outputs[key])), self.current_epoch)
         self.logger.log("nonfinite_steps", int(np.sum(gathered(outputs["skipped"]))), self.current_epoch)
         record_epoch_time(self)

@@ -5,7 +5,8 @@ nnU-Net decides postprocessing on the validation cases of each fold; HiDiff deci
 segmentor alone and once per refinement candidate, keeps each result in its own folder, and then
 
 * decides: refinement (with the best candidate's steps, refined output or, with ``decision_combine``, the
-  segmentor's output plus the refined components it does not reach, or plus all refined foreground) only if it
+  segmentor's output plus the refined components it does not reach, or plus all refined foreground, or, with
+  ``decision_gates``, the refined label only where its refined probability exceeds a gate) only if it
   raises the mean foreground Dice and does not worsen the mean foreground HD95 against the segmentor alone;
   otherwise the segmentor alone;
 * puts the decided output into ``validation/`` (what nnU-Net's find_best_configuration, postprocessing and
@@ -30,10 +31,11 @@ from nnunetv2_hidiff.atomic import atomic_torch_save
 
 from .common import extend_validation_summary
 from .distributed import barrier, broadcast_object
-from nnunetv2_hidiff.networks.combine import COMBINE_AVERAGE, COMBINE_NEW_COMPONENTS, COMBINE_NONE, COMBINE_UNION
+from nnunetv2_hidiff.networks.combine import (COMBINE_AVERAGE, COMBINE_GATED, COMBINE_NEW_COMPONENTS, COMBINE_NONE,
+                                              COMBINE_UNION, check_gate, gate_name)
 
-from .fold_record import (VALIDATION, VALIDATION_AVERAGE, VALIDATION_COMBINED, VALIDATION_REFINED, VALIDATION_SEGMENTOR,
-                          VALIDATION_UNION, update_fold_record)
+from .fold_record import (VALIDATION, VALIDATION_AVERAGE, VALIDATION_COMBINED, VALIDATION_GATED, VALIDATION_REFINED,
+                          VALIDATION_SEGMENTOR, VALIDATION_UNION, update_fold_record)
 
 COMBINED_FOLDERS = {COMBINE_NEW_COMPONENTS: VALIDATION_COMBINED, COMBINE_UNION: VALIDATION_UNION,
                     COMBINE_AVERAGE: VALIDATION_AVERAGE}
@@ -67,7 +69,7 @@ def _score(summary: Optional[dict], fallback_folder: str) -> dict:
 
 
 def decide(segmentor: dict, candidates: List[dict], min_dice_gain: float = 0.0) -> dict:
-    """Choose among the refined candidates (dicts with refine, steps, dice, hd95, optional combine) against the
+    """Choose among the refined candidates (dicts with refine, steps, dice, hd95, optional combine and gate) against the
     segmentor alone: the candidate with the highest Dice (then the lowest HD95) among those that beat the
     segmentor's Dice by more than ``min_dice_gain`` without a higher HD95 (an HD95 that only one side lacks
     counts as worse for that side)."""
@@ -82,20 +84,26 @@ def decide(segmentor: dict, candidates: List[dict], min_dice_gain: float = 0.0) 
         return {"refine": False, "steps": 0, "combine": COMBINE_NONE,
                 "reason": "no refined candidate raised the foreground Dice without worsening HD95"}
     best = max(better, key=lambda c: (c["dice"], -c["hd95"] if not math.isnan(c["hd95"]) else -math.inf))
-    combine = best.get("combine", COMBINE_NONE)
+    combine, gate = best.get("combine", COMBINE_NONE), best.get("gate")
     how = {COMBINE_NONE: "", COMBINE_NEW_COMPONENTS: " (the segmentor plus the refined components it does not reach)",
            COMBINE_UNION: " (the segmentor's foreground plus the refined foreground)",
-           COMBINE_AVERAGE: " (the mean of the segmentor's and the refined probabilities)"}[combine]
-    return {"refine": True, "steps": best["steps"], "combine": combine,
+           COMBINE_AVERAGE: " (the mean of the segmentor's and the refined probabilities)",
+           COMBINE_GATED: " (the refined label where its refined probability exceeds {} on the segmentor's "
+                          "background, {} elsewhere)".format(*(gate or ("?", "?")))}[combine]
+    chosen = {"refine": True, "steps": best["steps"], "combine": combine}
+    return {**chosen, **({"gate": list(check_gate(gate))} if combine == COMBINE_GATED else {}),
             "reason": f"refinement with {best['steps']} steps{how} raised the foreground Dice "
                       f"{segmentor['dice']:.4f} -> {best['dice']:.4f} (HD95 {segmentor['hd95']:.3f} -> "
                       f"{best['hd95']:.3f})"}
 
 
-def write_decision_into_checkpoint(path: str, decision: torch.Tensor) -> None:
-    """Store the decision buffer in an existing checkpoint file (atomically), so nnUNetv2_predict sees it."""
+def write_decision_into_checkpoint(path: str, decision: torch.Tensor, gate: Optional[torch.Tensor] = None) -> None:
+    """Store the decision buffer (and the gate buffer) in an existing checkpoint file (atomically), so
+    nnUNetv2_predict sees it."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     checkpoint["network_weights"]["inference_decision"] = decision.detach().cpu().clone()
+    if gate is not None:
+        checkpoint["network_weights"]["inference_gate"] = gate.detach().cpu().clone()
     atomic_torch_save(checkpoint, path)
 
 
@@ -107,23 +115,28 @@ def validate_and_decide(trainer, run_validation: Callable[[bool], None], save_pr
     forced_refine, forced_steps, steps_before = net.refine, net.steps_forced, net.num_inference_steps
     n_cases = len(trainer.do_split()[1])
     default_steps = net.num_inference_steps
-    runs = [("segmentor", VALIDATION_SEGMENTOR, False, 0, COMBINE_NONE),
-            ("refined", VALIDATION_REFINED, True, default_steps, COMBINE_NONE)]
-    runs += [(f"refined_{k}steps", f"{VALIDATION_REFINED}_{k}steps", True, int(k), COMBINE_NONE)
+    runs = [("segmentor", VALIDATION_SEGMENTOR, False, 0, COMBINE_NONE, None),
+            ("refined", VALIDATION_REFINED, True, default_steps, COMBINE_NONE, None)]
+    runs += [(f"refined_{k}steps", f"{VALIDATION_REFINED}_{k}steps", True, int(k), COMBINE_NONE, None)
              for k in trainer.decision_extra_steps if int(k) != default_steps]
     combines = tuple(getattr(trainer, "decision_combine", ()))
     unknown = [c for c in combines if c not in COMBINED_FOLDERS]
     if unknown:
         raise ValueError(f"{type(trainer).__name__}.decision_combine: {unknown} not among {tuple(COMBINED_FOLDERS)}")
+    gates = [check_gate(g) for g in getattr(trainer, "decision_gates", ())]
     if net.output_space == "log":  # per-class (softmax) outputs; region-based models try the refined output only
+        refined_runs = [r for r in runs if r[2] and r[4] == COMBINE_NONE]
         runs += [(r[0].replace("refined", COMBINED_FOLDERS[c][len("validation_"):]),
-                  r[1].replace(VALIDATION_REFINED, COMBINED_FOLDERS[c]), True, r[3], c)
-                 for c in combines for r in list(runs) if r[2] and r[4] == COMBINE_NONE]
-    forced_combine = net.combine
+                  r[1].replace(VALIDATION_REFINED, COMBINED_FOLDERS[c]), True, r[3], c, None)
+                 for c in combines for r in refined_runs]
+        runs += [(r[0].replace("refined", f"gated_{gate_name(g)}"),
+                  r[1].replace(VALIDATION_REFINED, f"{VALIDATION_GATED}_{gate_name(g)}"), True, r[3], COMBINE_GATED, g)
+                 for g in gates for r in refined_runs]
+    forced_combine, forced_gate = net.combine, net.gate
     scores, record = {}, {}
     try:
-        for name, folder, refine, steps, combine in runs:
-            net.refine, net.steps_forced, net.combine = refine, refine, combine
+        for name, folder, refine, steps, combine, gate in runs:
+            net.refine, net.steps_forced, net.combine, net.gate = refine, refine, combine, gate
             if refine:
                 net.num_inference_steps = steps
             start = time.perf_counter()
@@ -133,32 +146,32 @@ def validate_and_decide(trainer, run_validation: Callable[[bool], None], save_pr
                 scores[name] = _score(extend_validation_summary(trainer, VALIDATION), join(out, VALIDATION))
                 replace_folder(join(out, VALIDATION), join(out, folder), move=name == "segmentor")
                 record[name] = {"folder": folder, "cases": n_cases, "refine": refine, "steps": steps,
-                                "combine": combine, "seconds_per_case": round(seconds / max(n_cases, 1), 4),
-                                **scores[name]}
+                                "combine": combine, **({"gate": list(gate)} if gate else {}),
+                                "seconds_per_case": round(seconds / max(n_cases, 1), 4), **scores[name]}
                 trainer.print_to_log_file(f"Validation, {name}: foreground Dice {scores[name]['dice']:.4f}, "
                                           f"HD95 {scores[name]['hd95']:.4f}, {seconds / max(n_cases, 1):.2f} s/case")
             barrier()  # no rank writes the next run into validation/ before rank 0 has moved this one
     finally:
         net.refine, net.steps_forced, net.num_inference_steps = forced_refine, forced_steps, steps_before
-        net.combine = forced_combine
+        net.combine, net.gate = forced_combine, forced_gate
     scores, record = broadcast_object((scores, record))
-    candidates = [{k: r[k] for k in ("refine", "steps", "combine", "dice", "hd95")}
+    candidates = [{k: r[k] for k in ("refine", "steps", "combine", "gate", "dice", "hd95") if k in r}
                   for name, r in record.items() if name != "segmentor"]
     decision = decide(record["segmentor"], candidates, trainer.decision_min_dice_gain)
     decision["candidates"] = [{"refine": False, "steps": 0, "combine": COMBINE_NONE, **scores["segmentor"]},
                               *candidates]
     steps = decision["steps"] if decision["steps"] != default_steps else 0
-    net.set_decision(decision["refine"], steps, decision["combine"])
+    net.set_decision(decision["refine"], steps, decision["combine"], decision.get("gate"))
     trainer.print_to_log_file(f"Refinement decision: {'refine' if decision['refine'] else 'segmentor alone'} "
                               f"({decision['reason']})")
     if trainer.local_rank == 0:
-        key = (decision["refine"], decision["steps"], decision["combine"])
+        key = (decision["refine"], decision["steps"], decision["combine"], decision.get("gate"))
         chosen = next(r["folder"] for r in record.values()
-                      if (r["refine"], r["steps"], r["combine"]) == key or not (r["refine"] or key[0]))
+                      if (r["refine"], r["steps"], r["combine"], r.get("gate")) == key or not (r["refine"] or key[0]))
         replace_folder(join(out, chosen), join(out, VALIDATION))
         checkpoint = trainer.validated_checkpoint or join(out, "checkpoint_final.pth")
         if isfile(checkpoint):
-            write_decision_into_checkpoint(checkpoint, net.inference_decision)
+            write_decision_into_checkpoint(checkpoint, net.inference_decision, net.inference_gate)
         update_fold_record(out, validation=record, decision=decision)
     barrier()
     return decision

@@ -130,7 +130,7 @@ class nnUNetTrainerHiDiff_real_50epochs(nnUNetTrainerHiDiff_real):
 class nnUNetTrainerHiDiff_smoke(nnUNetTrainerHiDiff_paper):
     budget_epochs, budget_iterations_per_epoch, budget_val_iterations_per_epoch = 1, 2, 1
     warmup_epochs, refiner_width, inference_steps, inference_mirroring = 0, 8, 2, False
-    decision_extra_steps = (1,)
+    decision_extra_steps, decision_gates = (1,), ((0.5, 0.8),)
 
 
 class nnUNetTrainerHiDiff_real_smoke(nnUNetTrainerHiDiff_smoke):
@@ -231,6 +231,14 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500(nnUNetTrainerHiDiff_w8
     # so it predicts with 1 step and its decision tries no other (4 validation runs instead of 13)
     min_train_timestep = nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500.num_diffusion_steps  # T
     inference_steps, decision_extra_steps = 1, ()
+
+
+class nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_gated_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500):
+    """The t = T run whose decision also tries gated combinations (networks/combine.py): the refined label only where
+    its refined probability exceeds a gate, all additions with confident removals, or confident additions alone.
+    It follows the Dice break-even of relabelled pixels (benchmarks/label_changes.py): on DRIVE the refined additions
+    are right often enough and its removals are not; on 901 most additions are not either."""
+    decision_gates = ((0.5, 0.7), (0.5, 0.8), (0.5, 0.9), (0.6, 1.0), (0.7, 1.0), (0.8, 1.0))
 
 
 class nnUNetTrainerHiDiff_w8_res_tT_discOnly_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500):
