@@ -411,6 +411,7 @@ def test_the_forced_refined_test_prediction_uses_the_refined_validations_steps(t
     assert cli.prediction_env({"nnUNet_HiDiff_steps": "7"}, "1", 2)["nnUNet_HiDiff_steps"] == "7"  # the user's
     assert "nnUNet_HiDiff_steps" not in cli.prediction_env({}, "0", None)
     assert cli.prediction_env({"nnUNet_HiDiff_steps": "7", "X": "y"}, cli.FOLLOW_DECISION) == {"X": "y"}
+    assert cli.prediction_env({"nnUNet_HiDiff_gate": "0.5,1"}, cli.FOLLOW_DECISION) == {}  # the decided gate applies
     record = json.loads((tdir / "fold_1" / "hidiff_fold.json").read_text())
     record["validation"]["refined"]["steps"] = 5
     write_json(tdir / "fold_1" / "hidiff_fold.json", record)

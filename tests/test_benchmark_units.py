@@ -413,3 +413,10 @@ def test_a_combined_decision_reads_its_validation_result_from_the_fold_record():
     assert _decided_validation({"refine": True, "steps": 1}, old) is None  # records before 2026-12-05
     assert _decision_cells({**decision, "combine": "none"}, record)[1] == "1 (refined validation: 10)"
     assert _decision_cells(decision, record)[0] == "yes (combined with the segmentor: new_components)"
+    # gated: each gate is its own validation entry; the decision's gate picks it and is named in the table
+    record["validation"].update({
+        f"gated_{name}_1steps": {"refine": True, "steps": 1, "combine": "gated", "gate": gate, "dice": d, "hd95": 2.0}
+        for name, gate, d in (("a500_r900", [0.5, 0.9], 0.81), ("a500_r800", [0.5, 0.8], 0.82))})
+    gated = {"refine": True, "steps": 1, "combine": "gated", "gate": [0.5, 0.8], "reason": "r"}
+    assert _decided_validation(gated, record)["dice"] == 0.82
+    assert _decision_cells(gated, record)[0] == "yes (combined with the segmentor: gated, gate 0.5 / 0.8)"

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from nnunetv2_hidiff.training.inference_settings import ENV_COMBINE, ENV_REFINE, ENV_STEPS
+from nnunetv2_hidiff.training.inference_settings import ENV_COMBINE, ENV_GATE, ENV_REFINE, ENV_STEPS
 
 from .budget import BenchmarkError, check_equal_budgets, resolve_trainers
 from .collect import (DECIDED, ENSEMBLE, REFINED, SEGMENTOR, TEST, VALIDATION, Collected, collect_summary,
@@ -170,7 +170,7 @@ def _test_cases(images: Path, file_ending: str) -> List[str]:
 
 
 FOLLOW_DECISION = "decision"  # the `refine` of a prediction that forces no setting: each fold follows its decision
-FORCING_VARIABLES = (ENV_REFINE, ENV_COMBINE, ENV_STEPS)  # the settings that override a fold's decision
+FORCING_VARIABLES = (ENV_REFINE, ENV_COMBINE, ENV_GATE, ENV_STEPS)  # the settings that override a fold's decision
 _OUTPUT_OF_REFINE = {"1": REFINED, "0": SEGMENTOR, FOLLOW_DECISION: DECIDED}
 
 

@@ -112,7 +112,7 @@ def refined_steps(record: dict) -> Optional[int]:
 
 def _decided_validation(decision: Optional[dict], record: dict) -> Optional[dict]:
     """The record's validation entry of the output a refining fold decided for when no row series holds it: a
-    combination of the segmentor with the refined output (networks/combine.py: new_components or union), or
+    combination of the segmentor with the refined output (networks/combine.py: new_components, union, gated), or
     plain refinement at other steps than the refined validation's (whose rows are the ``refined`` series).
     None for any other decision, and where the record has no such entry (records before 2026-12-05)."""
     if not decision or not decision.get("refine"):
@@ -124,7 +124,8 @@ def _decided_validation(decision: Optional[dict], record: dict) -> Optional[dict
         if validated is None or validated == decision.get("steps"):
             return None
     return next((v for v in validation.values() if isinstance(v, dict) and v.get("refine")
-                 and v.get("combine", "none") == combine and v.get("steps") == decision.get("steps")), None)
+                 and v.get("combine", "none") == combine and v.get("steps") == decision.get("steps")
+                 and v.get("gate") == decision.get("gate")), None)
 
 
 def _decision_cells(decision: Optional[dict], record: dict) -> List[str]:
@@ -141,7 +142,9 @@ def _decision_cells(decision: Optional[dict], record: dict) -> List[str]:
         steps_cell += f" (refined validation: {validated})"
     refine_cell = "yes" if refine else ("no" if refine is not None else "—")
     if refine and decision.get("combine", "none") != "none":
-        refine_cell += f" (combined with the segmentor: {decision['combine']})"
+        gate = decision.get("gate")
+        gated = f", gate {gate[0]:g} / {gate[1]:g}" if gate else ""
+        refine_cell += f" (combined with the segmentor: {decision['combine']}{gated})"
     return [refine_cell, steps_cell,
             cell(decision.get("reason") or "—")]
 
