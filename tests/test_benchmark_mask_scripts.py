@@ -86,8 +86,9 @@ def test_label_changes_transitions_accuracies_and_break_even(tmp_path):
 
 
 def test_threshold_sweep_scores_thresholds_means_and_unions_exactly(tmp_path):
-    """benchmarks/threshold_sweep.py on hand-made probabilities: each mask is probability > τ, the mean and the
-    union are of the named folders, Dice is exact; a file of the wrong shape gets one clear error."""
+    """benchmarks/threshold_sweep.py on hand-made probabilities: each mask is probability > τ, the mean, the
+    union and the gated combinations are of the named folders, Dice is exact; a file of the wrong shape and a
+    malformed gate get one clear error."""
     from PIL import Image
     gt = np.zeros((6, 6), np.uint8)
     gt[1:5, 2:4] = 1                                   # 8 pixels
@@ -105,7 +106,7 @@ def test_threshold_sweep_scores_thresholds_means_and_unions_exactly(tmp_path):
     out = tmp_path / "sweep.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "threshold_sweep.py"), str(tmp_path / "gt"), "--probabilities",
            f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--thresholds", "0.5", "0.4", "--average", "a,b",
-           "--union", "a,b", "--json", str(out)]
+           "--union", "a,b", "--gated", "a,b", "--gates", "0.7,1", "0.5,1", "0.5,0.5", "--json", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     r = json.loads(out.read_text())["outputs"]
@@ -115,6 +116,12 @@ def test_threshold_sweep_scores_thresholds_means_and_unions_exactly(tmp_path):
     assert r["mean(a, b) > 0.5"]["dice"] == pytest.approx(2 * 4 / (4 + 8))   # (0.42 + 0.8) / 2 = 0.61, 0.9 / 2 = 0.45
     assert r["mean(a, b) > 0.4"]["dice"] == pytest.approx(1.0)
     assert r["a > 0.5 or b > 0.5"]["dice"] == pytest.approx(2 * 8 / (9 + 8))
+    # gated, a = segmentor, b = refined: b adds column 3 at 0.8 and a false pixel at 0.6, and removes column 2 at 1.0
+    assert r["gated(a, b, 0.7/1)"]["dice"] == pytest.approx(1.0)            # only the confident addition
+    assert r["gated(a, b, 0.5/1)"]["dice"] == r["a > 0.5 or b > 0.5"]["dice"]  # the union
+    assert r["gated(a, b, 0.5/0.5)"]["dice"] == r["b > 0.5"]["dice"]          # the refined output
+    bad = subprocess.run([*cmd[:-2], "--gates", "0.5"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "expected two probabilities ADD,REMOVE" in bad.stderr
     np.savez(tmp_path / "b" / "c1.npz", probabilities=np.zeros((2, 1, 5, 6)))
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode != 0 and "c1.npz: probabilities of shape" in res.stderr and "Traceback" not in res.stderr
