@@ -10,6 +10,17 @@ import pytest
 from tiny_dataset import REPO
 
 
+
+def _seg_ref_gt_json(script: str, tmp_path):
+    """Run benchmarks/SCRIPT on tmp_path/{seg,ref,gt} with --json; its parsed JSON output."""
+    out = tmp_path / "changes.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), str(tmp_path / "seg"),
+                          str(tmp_path / "ref"), str(tmp_path / "gt"), "--json", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return json.loads(out.read_text())
+
+
 def test_refined_changes_counts_and_combinations(tmp_path):
     """benchmarks/refined_changes.py on hand-made masks: the added/removed counts and the union are exact."""
     from PIL import Image
@@ -24,12 +35,7 @@ def test_refined_changes_counts_and_combinations(tmp_path):
     for name, arr in (("seg", seg), ("ref", ref), ("gt", gt)):
         (tmp_path / name).mkdir()
         Image.fromarray(arr * 255).save(tmp_path / name / "case.png")
-    out = tmp_path / "changes.json"
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "refined_changes.py"), str(tmp_path / "seg"),
-                          str(tmp_path / "ref"), str(tmp_path / "gt"), "--json", str(out)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    r = json.loads(out.read_text())
+    r = _seg_ref_gt_json("refined_changes.py", tmp_path)
     assert (r["added_foreground"], r["added_background"], r["removed_foreground"], r["removed_background"]) == \
         (10, 1, 1, 1)
     union = seg.astype(bool) | ref.astype(bool)
@@ -61,12 +67,7 @@ def test_label_changes_transitions_accuracies_and_break_even(tmp_path):
     for name, arr in (("seg", seg), ("ref", ref), ("gt", gt)):
         (tmp_path / name).mkdir()
         sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / name / "case_000.nii.gz"))
-    out = tmp_path / "changes.json"
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_changes.py"), str(tmp_path / "seg"),
-                          str(tmp_path / "ref"), str(tmp_path / "gt"), "--json", str(out)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    r = json.loads(out.read_text())
+    r = _seg_ref_gt_json("label_changes.py", tmp_path)
     assert r["cases"] == 1 and r["changed_per_case"] == 18 and r["flip_accuracy"] == pytest.approx(8 / 18)
     assert {(t["segmentor"], t["refined"], t["reference"]): t["pixels"] for t in r["transitions_per_case"]} == \
         {(1, 0, 0): 8, (1, 0, 1): 4, (0, 2, 0): 6}
