@@ -333,6 +333,22 @@ def test_t_equals_T_variants_predict_and_decide_at_one_step(nnunet_paths, name):
     assert net.num_inference_steps == 1
 
 
+@pytest.mark.parametrize("name, t_low", [("nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_gated_cpuWarm500", 10),
+                                         ("nnUNetTrainerHiDiff_w8_joint_bce1_res_gated_cpuWarm500", 1)])
+def test_gated_variants_decide_among_distinct_valid_gates_at_one_step(nnunet_paths, name, t_low):
+    """The gated variants: distinct, valid gates (each becomes a validation run), tried on the 1-step output only;
+    the uniform-t one trains at every t, the _tT_ one at t = T."""
+    from nnunetv2_hidiff.networks.combine import check_gate, gate_name
+
+    tr = make_trainer(name)
+    names = [gate_name(check_gate(g)) for g in tr.decision_gates]
+    assert len(names) >= 6 and len(set(names)) == len(names)
+    assert tuple(tr.decision_extra_steps) == () and tr.min_train_timestep == t_low
+    net = type(tr).build_network_architecture(tr.plans_manager, tr.configuration_manager, 1,
+                                              tr.label_manager.num_segmentation_heads, enable_deep_supervision=False)
+    assert net.num_inference_steps == 1 and net.refiner.prior_residual
+
+
 DEFAULT_KEYS = ("refiner_width", "joint_step", "lambda_bce", "prior_residual", "inference_steps", "binary_refiner")
 
 

@@ -241,6 +241,14 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_gated_cpuWarm500(nnUNetTrainerHiD
     decision_gates = ((0.5, 0.7), (0.5, 0.8), (0.5, 0.9), (0.6, 1.0), (0.7, 1.0), (0.8, 1.0))
 
 
+class nnUNetTrainerHiDiff_w8_joint_bce1_res_gated_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
+    """The uniform-t run (901's better refiner) predicting with 1 step, whose decision also tries gated combinations:
+    confident additions alone, confident removals alone, or both. On 901 the refiner's label changes are right
+    about as often as wrong overall (benchmarks/label_changes.py); do its confident ones clear the Dice break-even?"""
+    inference_steps, decision_extra_steps = 1, ()
+    decision_gates = ((0.7, 1.0), (0.8, 1.0), (0.9, 1.0), (1.0, 0.7), (1.0, 0.8), (1.0, 0.9), (0.8, 0.8), (0.9, 0.9))
+
+
 class nnUNetTrainerHiDiff_w8_res_tT_discOnly_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500):
     """The t = T refiner (λ_bce 1 as above) next to a segmentor that trains on L_disc alone, as plain nnU-Net: its
     segmentor is then the control's, and any gain of the refined or combined output is the refiner's own."""
