@@ -1,6 +1,7 @@
 """Which labels refinement changes, and how often it is right (issue 12 diagnostics; any number of classes).
 
-    python benchmarks/label_changes.py SEGMENTOR_DIR REFINED_DIR LABELS_DIR [--fov FOV_DIR] [--binary] [--json out.json]
+    python benchmarks/label_changes.py SEGMENTOR_DIR REFINED_DIR LABELS_DIR [--fov FOV_DIR] [--binary]
+        [--probabilities REFINED_NPZ_DIR] [--json out.json]
 
 SEGMENTOR_DIR and REFINED_DIR hold label images of the same cases (e.g. a HiDiff fold's ``validation_segmentor``
 and ``validation_refined_1steps``); LABELS_DIR the references under the same file names (nnU-Net's labelsTr /
@@ -19,7 +20,11 @@ Prints, as means per case:
     break-even points. With D = 2TP / (2TP + FP + FN), adding n pixels of which a share a is reference k changes
     Dice by (2an − Dn) / (2TP + FP + FN + n): additions help when a > D/2, removals when the removed share that was
     not k exceeds 1 − D/2 (D: the segmentor's mean Dice of k, so the break-even points are per case approximations);
-  * per foreground class, the Dice of both and in how many cases the refined one is higher.
+  * per foreground class, the Dice of both and in how many cases the refined one is higher;
+  * with ``--probabilities`` (the refined output's nnU-Net ``.npz`` files, ``--save_probabilities``): the changes
+    binned by the refined probability of the refined label, split into additions (segmentor background) and removals
+    (segmentor foreground), the two sides of ``combine="gated"``'s gate: how many, and how often right, per bin.
+    A gate can only help where the changes above it are right more often than the break-even points above.
 """
 from __future__ import annotations
 
@@ -53,9 +58,26 @@ def boundary(label: np.ndarray) -> np.ndarray:
     return out
 
 
-def case_changes(seg: np.ndarray, ref: np.ndarray, gt: np.ndarray, fov=None) -> dict:
-    """Counts for one case: {"transitions": {(a, b, reference): n}, "changed", "right", "in_band"} and per-class
-    Dice of both outputs."""
+CONFIDENCE_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def confidence_bins(seg: np.ndarray, ref: np.ndarray, gt: np.ndarray, changed: np.ndarray, prob: np.ndarray) -> dict:
+    """Changed pixels binned by the refined probability of the refined label (``prob``: (classes, *shape), summing
+    to 1 over classes, as nnU-Net saves it): {"add" | "remove": [[pixels, right] per bin of CONFIDENCE_EDGES]}."""
+    labels = ref[changed]
+    conf = np.take_along_axis(prob[:, changed], labels[None], axis=0)[0] / np.maximum(prob[:, changed].sum(0), 1e-12)
+    idx = np.clip(np.searchsorted(CONFIDENCE_EDGES, conf, side="right") - 1, 0, len(CONFIDENCE_EDGES) - 2)
+    right, add = labels == gt[changed], seg[changed] == 0
+    out = {}
+    for kind, sel in (("add", add), ("remove", ~add)):
+        out[kind] = [[int((sel & (idx == i)).sum()), int((sel & (idx == i) & right).sum())]
+                     for i in range(len(CONFIDENCE_EDGES) - 1)]
+    return out
+
+
+def case_changes(seg: np.ndarray, ref: np.ndarray, gt: np.ndarray, fov=None, prob=None) -> dict:
+    """Counts for one case: {"transitions": {(a, b, reference): n}, "changed", "right", "in_band"}, per-class
+    Dice of both outputs and, given the refined probabilities, the changes per confidence bin."""
     inside = np.ones(seg.shape, dtype=bool) if fov is None else fov
     changed = (seg != ref) & inside
     a, b, r = seg[changed], ref[changed], gt[changed]
@@ -66,9 +88,12 @@ def case_changes(seg: np.ndarray, ref: np.ndarray, gt: np.ndarray, fov=None) -> 
         g = (gt == k) & inside
         d = [(2 * ((o == k) & g).sum() / max(((o == k) & inside).sum() + g.sum(), 1)) for o in (seg, ref)]
         dice[int(k)] = d
-    return {"transitions": {tuple(int(v) for v in keys[:, i]): int(counts[i]) for i in range(len(counts))},
-            "changed": int(changed.sum()), "right": int((b == r).sum()),
-            "in_band": int((changed & boundary(seg)).sum()), "dice": dice}
+    out = {"transitions": {tuple(int(v) for v in keys[:, i]): int(counts[i]) for i in range(len(counts))},
+           "changed": int(changed.sum()), "right": int((b == r).sum()),
+           "in_band": int((changed & boundary(seg)).sum()), "dice": dice}
+    if prob is not None:
+        out["confidence"] = confidence_bins(seg, ref, gt, changed, prob)
+    return out
 
 
 def summarise(per_case: list) -> dict:
@@ -94,12 +119,37 @@ def summarise(per_case: list) -> dict:
                         "refined_dice": float(np.mean([p[1] for p in pairs])),
                         "refined_higher": int(sum(p[1] > p[0] for p in pairs)),
                         "refined_lower": int(sum(p[1] < p[0] for p in pairs)), "cases": len(pairs)}
-    return {"cases": len(per_case), "changed_per_case": changed / n,
-            "flip_accuracy": right / changed if changed else float("nan"),
-            "in_band_share": band / changed if changed else float("nan"),
-            "transitions_per_case": [{"segmentor": a, "refined": b, "reference": r, "pixels": v / n}
-                                     for (a, b, r), v in sorted(transitions.items())],
-            "classes": per_class}
+    out = {"cases": len(per_case), "changed_per_case": changed / n,
+           "flip_accuracy": right / changed if changed else float("nan"),
+           "in_band_share": band / changed if changed else float("nan"),
+           "transitions_per_case": [{"segmentor": a, "refined": b, "reference": r, "pixels": v / n}
+                                    for (a, b, r), v in sorted(transitions.items())],
+           "classes": per_class}
+    if per_case and all("confidence" in c for c in per_case):
+        out["confidence"] = []
+        for i in range(len(CONFIDENCE_EDGES) - 1):
+            row = {"low": CONFIDENCE_EDGES[i], "high": CONFIDENCE_EDGES[i + 1]}
+            for kind in ("add", "remove"):
+                pixels, ok = (sum(c["confidence"][kind][i][j] for c in per_case) for j in (0, 1))
+                row[f"{kind}_per_case"] = pixels / n
+                row[f"{kind}_accuracy"] = ok / pixels if pixels else float("nan")
+            out["confidence"].append(row)
+    return out
+
+
+def _probabilities(folder: str, case: str, shape: tuple) -> np.ndarray:
+    """The refined probabilities of ``case`` (its nnU-Net .npz, key "probabilities", classes first)."""
+    stem = next(case[: -len(s)] for s in SUFFIXES if case.endswith(s))
+    path = os.path.join(folder, stem + ".npz")
+    try:
+        prob = np.load(path)["probabilities"]
+    except (OSError, KeyError, ValueError) as e:
+        sys.exit(f"label_changes: {path}: cannot read the probabilities ({type(e).__name__}: {e})")
+    if tuple(d for d in prob.shape[1:] if d != 1) == tuple(d for d in shape if d != 1):
+        prob = prob.reshape((prob.shape[0],) + tuple(shape))  # 2d images: nnU-Net keeps a singleton axis
+    else:
+        sys.exit(f"label_changes: {path}: probabilities of shape {prob.shape}, expected (classes, *{tuple(shape)})")
+    return prob.astype(np.float64)
 
 
 def main(argv=None) -> int:
@@ -109,9 +159,11 @@ def main(argv=None) -> int:
     ap.add_argument("labels_dir")
     ap.add_argument("--fov", default=None, help="FOV masks (same file names): only pixels inside count")
     ap.add_argument("--binary", action="store_true", help="every label > 0 is foreground (0/255 masks)")
+    ap.add_argument("--probabilities", default=None,
+                    help="the refined output's .npz files (nnU-Net --save_probabilities): changes per confidence bin")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    for d in (args.segmentor_dir, args.refined_dir, args.labels_dir, args.fov):
+    for d in (args.segmentor_dir, args.refined_dir, args.labels_dir, args.fov, args.probabilities):
         if d is not None and not os.path.isdir(d):
             sys.exit(f"label_changes: {d}: not a folder")
     cases = sorted(f for f in os.listdir(args.refined_dir) if f.endswith(SUFFIXES))
@@ -128,7 +180,8 @@ def main(argv=None) -> int:
         if not seg.shape == ref.shape == gt.shape or (fov is not None and fov.shape != seg.shape):
             sys.exit(f"label_changes: {c}: shapes differ (segmentor {seg.shape}, refined {ref.shape}, reference "
                      f"{gt.shape}{'' if fov is None else f', fov {fov.shape}'})")
-        per_case.append(case_changes(seg, ref, gt, fov))
+        prob = _probabilities(args.probabilities, c, seg.shape) if args.probabilities else None
+        per_case.append(case_changes(seg, ref, gt, fov, prob))
     s = summarise(per_case)
     print(f"{s['cases']} cases; refinement changes {s['changed_per_case']:.1f} pixels per case, "
           f"{100 * s['in_band_share']:.0f} % of them within 1 px of the segmentor's boundaries; "
@@ -144,6 +197,13 @@ def main(argv=None) -> int:
         print(f"    adds {v['added_per_case']:.1f} pixels per case, {100 * v['addition_accuracy']:.1f} % right "
               f"(break-even {100 * v['addition_break_even']:.1f} %); removes {v['removed_per_case']:.1f}, "
               f"{100 * v['removal_accuracy']:.1f} % right (break-even {100 * v['removal_break_even']:.1f} %)")
+    if "confidence" in s:
+        print("  changes by the refined probability of the refined label (additions: segmentor background; "
+              "removals: segmentor foreground):")
+        for row in s["confidence"]:
+            print(f"    [{row['low']:.1f}, {row['high']:.1f}{']' if row['high'] >= 1 else ')'}: adds "
+                  f"{row['add_per_case']:8.1f} per case, {100 * row['add_accuracy']:5.1f} % right; removes "
+                  f"{row['remove_per_case']:8.1f}, {100 * row['remove_accuracy']:5.1f} % right")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(s, f, indent=1)

@@ -11,11 +11,11 @@ from tiny_dataset import REPO
 
 
 
-def _seg_ref_gt_json(script: str, tmp_path):
-    """Run benchmarks/SCRIPT on tmp_path/{seg,ref,gt} with --json; its parsed JSON output."""
+def _seg_ref_gt_json(script: str, tmp_path, *extra: str):
+    """Run benchmarks/SCRIPT on tmp_path/{seg,ref,gt} (plus ``extra`` arguments) with --json; its parsed JSON output."""
     out = tmp_path / "changes.json"
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), str(tmp_path / "seg"),
-                          str(tmp_path / "ref"), str(tmp_path / "gt"), "--json", str(out)],
+                          str(tmp_path / "ref"), str(tmp_path / "gt"), *extra, "--json", str(out)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     return json.loads(out.read_text())
@@ -84,6 +84,29 @@ def test_label_changes_transitions_accuracies_and_break_even(tmp_path):
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_changes.py"), str(tmp_path / "seg"),
                           str(tmp_path / "ref"), str(tmp_path / "gt")], capture_output=True, text=True)
     assert res.returncode != 0 and "case_000.nii.gz: missing" in res.stderr and "Traceback" not in res.stderr
+
+    # --probabilities: the changes binned by the refined probability of the refined label (nnU-Net's .npz files)
+    prob = np.eye(3)[ref].transpose(3, 0, 1, 2).astype(np.float32)  # one-hot where refinement is sure
+    def set_conf(index, label, p):
+        prob[(slice(None),) + index] = (1 - p) / 2
+        prob[(label,) + index] = p
+    set_conf((slice(None), slice(2, 6), 6), 0, 0.75)   # the 8 right removals, confident
+    set_conf((slice(None), 2, slice(2, 4)), 0, 0.55)   # the 4 wrong removals, barely
+    set_conf((slice(None), 10, slice(7, 10)), 2, 0.65)  # the 6 wrong additions
+    sitk.WriteImage(sitk.GetImageFromArray(gt), str(tmp_path / "gt" / "case_000.nii.gz"))
+    (tmp_path / "prob").mkdir()
+    np.savez(tmp_path / "prob" / "case_000.npz", probabilities=prob)
+    bins = {(b["low"], b["high"]): b for b in _seg_ref_gt_json("label_changes.py", tmp_path, "--probabilities",
+                                                                str(tmp_path / "prob"))["confidence"]}
+    assert (bins[(0.5, 0.6)]["remove_per_case"], bins[(0.5, 0.6)]["remove_accuracy"]) == (4, 0.0)
+    assert (bins[(0.6, 0.7)]["add_per_case"], bins[(0.6, 0.7)]["add_accuracy"]) == (6, 0.0)
+    assert (bins[(0.7, 0.8)]["remove_per_case"], bins[(0.7, 0.8)]["remove_accuracy"]) == (8, 1.0)
+    assert sum(b["add_per_case"] + b["remove_per_case"] for b in bins.values()) == 18
+    np.savez(tmp_path / "prob" / "case_000.npz", probabilities=prob[:, :1])
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_changes.py"), str(tmp_path / "seg"),
+                          str(tmp_path / "ref"), str(tmp_path / "gt"), "--probabilities", str(tmp_path / "prob")],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "case_000.npz: probabilities of shape" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_threshold_sweep_scores_thresholds_means_and_unions_exactly(tmp_path):
