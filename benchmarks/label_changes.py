@@ -64,8 +64,8 @@ CONFIDENCE_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 def confidence_bins(seg: np.ndarray, ref: np.ndarray, gt: np.ndarray, changed: np.ndarray, prob: np.ndarray) -> dict:
     """Changed pixels binned by the refined probability of the refined label (``prob``: (classes, *shape), summing
     to 1 over classes, as nnU-Net saves it): {"add" | "remove": [[pixels, right] per bin of CONFIDENCE_EDGES]}."""
-    labels = ref[changed]
-    conf = np.take_along_axis(prob[:, changed], labels[None], axis=0)[0] / np.maximum(prob[:, changed].sum(0), 1e-12)
+    labels, p = ref[changed], prob[:, changed]
+    conf = np.take_along_axis(p, labels[None], axis=0)[0] / np.maximum(p.sum(0), 1e-12)
     idx = np.clip(np.searchsorted(CONFIDENCE_EDGES, conf, side="right") - 1, 0, len(CONFIDENCE_EDGES) - 2)
     right, add = labels == gt[changed], seg[changed] == 0
     out = {}

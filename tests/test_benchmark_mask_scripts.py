@@ -93,7 +93,7 @@ def test_label_changes_transitions_accuracies_and_break_even(tmp_path):
     set_conf((slice(None), slice(2, 6), 6), 0, 0.75)   # the 8 right removals, confident
     set_conf((slice(None), 2, slice(2, 4)), 0, 0.55)   # the 4 wrong removals, barely
     set_conf((slice(None), 10, slice(7, 10)), 2, 0.65)  # the 6 wrong additions
-    sitk.WriteImage(sitk.GetImageFromArray(gt), str(tmp_path / "gt" / "case_000.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(gt), str(tmp_path / "gt" / "case_000.nii.gz"))  # removed above
     (tmp_path / "prob").mkdir()
     np.savez(tmp_path / "prob" / "case_000.npz", probabilities=prob)
     bins = {(b["low"], b["high"]): b for b in _seg_ref_gt_json("label_changes.py", tmp_path, "--probabilities",
