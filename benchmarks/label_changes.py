@@ -36,7 +36,7 @@ import sys
 import numpy as np
 from scipy import ndimage
 
-from _labels import read_label_image  # benchmarks/ is the script's folder
+from _labels import read_label_image, read_probabilities  # benchmarks/ is the script's folder
 
 SUFFIXES = (".nii.gz", ".nii", ".png", ".nrrd", ".mha", ".tif", ".tiff")
 
@@ -138,18 +138,9 @@ def summarise(per_case: list) -> dict:
 
 
 def _probabilities(folder: str, case: str, shape: tuple) -> np.ndarray:
-    """The refined probabilities of ``case`` (its nnU-Net .npz, key "probabilities", classes first)."""
+    """The refined probabilities of ``case`` (its nnU-Net .npz, classes first)."""
     stem = next(case[: -len(s)] for s in SUFFIXES if case.endswith(s))
-    path = os.path.join(folder, stem + ".npz")
-    try:
-        prob = np.load(path)["probabilities"]
-    except (OSError, KeyError, ValueError) as e:
-        sys.exit(f"label_changes: {path}: cannot read the probabilities ({type(e).__name__}: {e})")
-    if tuple(d for d in prob.shape[1:] if d != 1) == tuple(d for d in shape if d != 1):
-        prob = prob.reshape((prob.shape[0],) + tuple(shape))  # 2d images: nnU-Net keeps a singleton axis
-    else:
-        sys.exit(f"label_changes: {path}: probabilities of shape {prob.shape}, expected (classes, *{tuple(shape)})")
-    return prob.astype(np.float64)
+    return read_probabilities(os.path.join(folder, stem + ".npz"), "label_changes", shape).astype(np.float64)
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from _labels import read_label_image  # benchmarks/ is the script's folder
+from _labels import read_label_image, read_probabilities  # benchmarks/ is the script's folder
 
 
 def _label(path: str, label: int) -> np.ndarray:
@@ -36,16 +36,10 @@ def _label(path: str, label: int) -> np.ndarray:
 
 
 def _probabilities(path: str, label: int, shape) -> np.ndarray:
-    try:
-        p = np.load(path)["probabilities"]
-    except (OSError, KeyError, ValueError) as e:
-        sys.exit(f"threshold_sweep: {path}: not an nnU-Net probabilities file ({e})")
+    p = read_probabilities(path, "threshold_sweep", shape)
     if not 0 <= label < p.shape[0]:
         sys.exit(f"threshold_sweep: {path}: has {p.shape[0]} classes, --label {label} is not one of them")
-    p = p[label]
-    if p.size != int(np.prod(shape)):
-        sys.exit(f"threshold_sweep: {path}: probabilities of shape {p.shape} do not match the label's {tuple(shape)}")
-    return p.reshape(shape)
+    return p[label]
 
 
 def _pair(text: str, names) -> tuple:

@@ -10,13 +10,16 @@ import pytest
 from tiny_dataset import REPO
 
 
+def _run_seg_ref_gt(script: str, tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    """Run benchmarks/SCRIPT on tmp_path/{seg,ref,gt} plus ``extra`` arguments."""
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), str(tmp_path / "seg"),
+                           str(tmp_path / "ref"), str(tmp_path / "gt"), *extra], capture_output=True, text=True)
+
 
 def _seg_ref_gt_json(script: str, tmp_path, *extra: str):
     """Run benchmarks/SCRIPT on tmp_path/{seg,ref,gt} (plus ``extra`` arguments) with --json; its parsed JSON output."""
     out = tmp_path / "changes.json"
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), str(tmp_path / "seg"),
-                          str(tmp_path / "ref"), str(tmp_path / "gt"), *extra, "--json", str(out)],
-                         capture_output=True, text=True)
+    res = _run_seg_ref_gt(script, tmp_path, *extra, "--json", str(out))
     assert res.returncode == 0, res.stderr
     return json.loads(out.read_text())
 
@@ -81,8 +84,7 @@ def test_label_changes_transitions_accuracies_and_break_even(tmp_path):
     assert c1["removal_accuracy"] > c1["removal_break_even"] and c1["refined_dice"] > c1["segmentor_dice"]
     assert c2["addition_accuracy"] < c2["addition_break_even"] and c2["refined_dice"] < c2["segmentor_dice"]
     (tmp_path / "gt" / "case_000.nii.gz").unlink()
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_changes.py"), str(tmp_path / "seg"),
-                          str(tmp_path / "ref"), str(tmp_path / "gt")], capture_output=True, text=True)
+    res = _run_seg_ref_gt("label_changes.py", tmp_path)
     assert res.returncode != 0 and "case_000.nii.gz: missing" in res.stderr and "Traceback" not in res.stderr
 
     # --probabilities: the changes binned by the refined probability of the refined label (nnU-Net's .npz files)
@@ -103,9 +105,7 @@ def test_label_changes_transitions_accuracies_and_break_even(tmp_path):
     assert (bins[(0.7, 0.8)]["remove_per_case"], bins[(0.7, 0.8)]["remove_accuracy"]) == (8, 1.0)
     assert sum(b["add_per_case"] + b["remove_per_case"] for b in bins.values()) == 18
     np.savez(tmp_path / "prob" / "case_000.npz", probabilities=prob[:, :1])
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_changes.py"), str(tmp_path / "seg"),
-                          str(tmp_path / "ref"), str(tmp_path / "gt"), "--probabilities", str(tmp_path / "prob")],
-                         capture_output=True, text=True)
+    res = _run_seg_ref_gt("label_changes.py", tmp_path, "--probabilities", str(tmp_path / "prob"))
     assert res.returncode != 0 and "case_000.npz: probabilities of shape" in res.stderr and "Traceback" not in res.stderr
 
 
