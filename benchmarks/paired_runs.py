@@ -8,7 +8,9 @@ For each run: the foreground Dice / HD95 (mean over classes per case, then over 
 ``validation_refined``), and refined − segmentor per case (mean, cases better / worse, Wilcoxon signed-rank p).
 With two runs, also run 2 − run 1 on each output (meaningful when both warm-start from the same checkpoint, so
 that the only difference is the trainer's configuration, or, for two runs of one trainer, chance). A run is a trainer
-name (its fold under nnUNet_results) or the path of a fold folder. Numbers only, no asserts.
+name (its fold under nnUNet_results) or the path of a fold folder. A plain nnU-Net fold (record kind "baseline", e.g.
+``nnUNetTrainerBaseline_cpuWarm500``, the equal-budget control) has one output, its ``validation/``, which is
+compared as ``validation_segmentor``. Numbers only, no asserts.
 """
 from __future__ import annotations
 
@@ -73,10 +75,12 @@ def main() -> None:
         decision = rec.get("decision", {})
         print(f"== {tr} fold {args.f}: decided refine={decision.get('refine')} steps={decision.get('steps')}, "
               f"{rec.get('seconds_per_iteration')} s/iteration")
+        plain = rec.get("kind") == "baseline"  # its one output: validation/, the segmentor
         for name in FOLDERS:
-            if not (fold / name / "summary.json").is_file():
+            folder = fold / ("validation" if plain and name == FOLDERS[0] else name)
+            if not (folder / "summary.json").is_file() or (plain and name != FOLDERS[0]):
                 continue
-            metrics = per_case(fold / name / "summary.json")
+            metrics = per_case(folder / "summary.json")
             dice, hd = metrics["Dice"], metrics["HD95"]
             data[(tr, name)] = dice
             line = f"  {name:28s} Dice {np.nanmean(list(dice.values())):.4f} HD95 {np.nanmean(list(hd.values())):.3f}"

@@ -344,6 +344,17 @@ def test_paired_runs_compares_outputs_within_and_between_runs(tmp_path):
     out = run_script("paired_runs.py", [*args[:-1], str(moved)], env).stdout
     assert f"{moved} − nnUNetTrainerHiDiff_a, validation_refined_1steps: -0.1000 (better 0/3, worse 3" \
         in out
+    # a plain nnU-Net fold (the equal-budget control): its validation/ is compared with the segmentor alone, and a
+    # stray validation_refined_1steps folder in it is not an output of plain nnU-Net
+    plain = results / "Dataset999_X" / f"nnUNetTrainerBaseline_c__{plans}__2d" / "fold_0"
+    _summary(plain / "validation", {f"c{i}": ((0.5 - 0.02 * i, 2.0), (0.7, 4.0)) for i in range(3)})
+    _summary(plain / "validation_refined_1steps", {f"c{i}": ((0.1, 2.0), (0.1, 4.0)) for i in range(3)})
+    (plain / "hidiff_fold.json").write_text(json.dumps({"kind": "baseline", "seconds_per_iteration": 1.0}))
+    out = run_script("paired_runs.py", [*args[:-2], "nnUNetTrainerBaseline_c", "nnUNetTrainerHiDiff_a"], env).stdout
+    assert "validation_segmentor         Dice 0.5900 HD95 3.000" in out  # (0.5 + 0.48 + 0.46) / 3 with 0.7, halved
+    assert "nnUNetTrainerHiDiff_a − nnUNetTrainerBaseline_c, validation_segmentor: +0.0100 (better 2/3, worse 0" \
+        in out
+    assert "Dice 0.1000" not in out and "validation_refined_1steps:" not in out
     missing = run_script("paired_runs.py", ["-d", "Dataset999_X", "-p", plans, "-f", "1", "nnUNetTrainerHiDiff_a"],
                          env, expect_rc=1)
     assert "fold_1/hidiff_fold.json: missing" in missing.stderr and "Traceback" not in missing.stderr

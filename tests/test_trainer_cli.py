@@ -112,8 +112,38 @@ DECISION_MODES = [(0, {"nnUNet_HiDiff_refine": "0"}, {"nnUNet_HiDiff_refine": "1
                    {"nnUNet_HiDiff_refine": "1"})]
 
 
+def _predict_decisions_cli(model, images, out, env) -> None:
+    run_cli("nnUNetv2_predict_from_modelfolder", ["-i", images, "-m", model, "-f", "0", "-device", "cpu",
+                                                  "--disable_tta", "-npp", "1", "-nps", "1", "--save_probabilities",
+                                                  "-o", out], env)
+
+
+@pytest.fixture(scope="module")
+def forced_predictions(trained, tmp_path_factory):
+    """The output of every forced setting in DECISION_MODES, predicted once from a copy of the fold whose
+    checkpoint says "segmentor alone": a forced setting does not depend on the stored decision."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nnunetv2_hidiff.training.validation import write_decision_into_checkpoint
+
+    root, env, _ = trained
+    tmp = tmp_path_factory.mktemp("forced")
+    model = tmp / "model"
+    shutil.copytree(root / "results" / "Dataset990_Tiny" / TRAINER_DIR, model)
+    write_decision_into_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"), torch.tensor([0, 0]))
+    images = root / "raw" / "Dataset990_Tiny" / "imagesTs"
+    settings = {json.dumps(forced, sort_keys=True): forced for _, forced, _ in DECISION_MODES}
+    outputs = {key: tmp / f"forced_{i}" for i, key in enumerate(settings)}
+    with ThreadPoolExecutor(2) as pool:  # separate processes; two at a time keeps the suite short
+        list(pool.map(lambda key: _predict_decisions_cli(model, images, outputs[key], dict(env, **settings[key])),
+                      settings))
+    return lambda setting: outputs[json.dumps(setting, sort_keys=True)]
+
+
 @pytest.mark.parametrize("mode,forced,other", DECISION_MODES)
-def test_prediction_follows_the_stored_decision_unless_forced(trained, tmp_path, mode, forced, other):
+def test_prediction_follows_the_stored_decision_unless_forced(trained, forced_predictions, tmp_path, mode, forced,
+                                                              other):
     """A fold whose checkpoint says "segmentor alone" (or "refine", or "segmentor + new refined components")
     predicts exactly what the forced setting predicts; forcing another setting changes the output."""
     import shutil
@@ -123,19 +153,15 @@ def test_prediction_follows_the_stored_decision_unless_forced(trained, tmp_path,
     root, env, _ = trained
     model = tmp_path / "model"
     shutil.copytree(root / "results" / "Dataset990_Tiny" / TRAINER_DIR, model)
-    import torch
     write_decision_into_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"), torch.tensor([mode, 0]),
                                    torch.tensor([0, 0]) if mode == 5 else None)
-    images = root / "raw" / "Dataset990_Tiny" / "imagesTs"
-    common = ["-i", images, "-m", model, "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1",
-              "--save_probabilities"]
-    run_cli("nnUNetv2_predict_from_modelfolder", [*common, "-o", tmp_path / "decided"], env)
-    run_cli("nnUNetv2_predict_from_modelfolder", [*common, "-o", tmp_path / "forced"], dict(env, **forced))
-    run_cli("nnUNetv2_predict_from_modelfolder", [*common, "-o", tmp_path / "other"], dict(env, **other))
-    for npz in sorted((tmp_path / "decided").glob("*.npz")):
+    _predict_decisions_cli(model, root / "raw" / "Dataset990_Tiny" / "imagesTs", tmp_path / "decided", env)
+    npzs = sorted((tmp_path / "decided").glob("*.npz"))
+    assert npzs
+    for npz in npzs:
         decided = np.load(npz)["probabilities"]
-        np.testing.assert_array_equal(decided, np.load(tmp_path / "forced" / npz.name)["probabilities"])
-        assert not np.array_equal(decided, np.load(tmp_path / "other" / npz.name)["probabilities"])
+        np.testing.assert_array_equal(decided, np.load(forced_predictions(forced) / npz.name)["probabilities"])
+        assert not np.array_equal(decided, np.load(forced_predictions(other) / npz.name)["probabilities"])
 
 
 def test_export_writes_a_small_prediction_only_fold_that_predicts_like_the_original(trained, tmp_path):
