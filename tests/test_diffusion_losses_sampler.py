@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_hidiff.diffusion import (BernoulliDDIMSampler, BernoulliDiffusion, bernoulli_kl, calibrate,
-                                       diffusion_loss, focal_loss_with_logits, respaced_timesteps)
+from nnunetv2_hidiff.diffusion import (BernoulliDDIMSampler, BernoulliDiffusion, bernoulli_kl, boundary_band,
+                                       calibrate, diffusion_loss, focal_loss_with_logits, respaced_timesteps)
 
 T = 10
 
@@ -80,6 +80,45 @@ def test_diffusion_loss_terms():
     from nnunetv2_hidiff.diffusion.losses import focal_loss_with_logits
     focal_loss_with_logits(small, zeros, 2.0).backward()
     assert g_bce > 20 * small.grad.abs().mean()
+
+
+def test_boundary_band_marks_pixels_next_to_another_class():
+    labels = torch.zeros(1, 5, 6, dtype=torch.long)
+    labels[0, 1:3, 1:4] = 1  # a 2×3 block of class 1
+    labels[0, :, 5] = 2  # the last column is class 2
+    band = boundary_band(F.one_hot(labels, 3).movedim(-1, 1).float())
+    # rows 0-3, columns 0-4: the block and its 8-neighbourhood; columns 4 and 5: both sides of class 2's edge
+    expected = torch.tensor([[1, 1, 1, 1, 1, 1],
+                             [1, 1, 1, 1, 1, 1],
+                             [1, 1, 1, 1, 1, 1],
+                             [1, 1, 1, 1, 1, 1],
+                             [0, 0, 0, 0, 1, 1]], dtype=torch.float32)
+    assert band.shape == (1, 1, 5, 6)
+    torch.testing.assert_close(band[0, 0], expected)
+    # one class everywhere: no boundary, the image border is none
+    assert boundary_band(torch.ones(2, 1, 4, 4, 3)).sum() == 0
+
+
+def test_boundary_weight_gives_boundary_pixels_weight_one_plus_beta():
+    d = BernoulliDiffusion(T)
+    y0, p, g = make_batch(K=2, shape=(8, 8))
+    t = torch.tensor([2, 4, 7, 10])
+    y_t, eps = d.q_sample(y0, p, t, generator=g)
+    logits = torch.randn(y0.shape, generator=g)
+    plain = diffusion_loss(d, logits, eps, y_t, y0, p, t, lambda_bce=1.0)
+    assert diffusion_loss(d, logits, eps, y_t, y0, p, t, lambda_bce=1.0, boundary_weight=0.0).total == plain.total
+    assert 0 < boundary_band(y0).mean() < 1
+    weighted = diffusion_loss(d, logits, eps, y_t, y0, p, t, lambda_bce=1.0, boundary_weight=3.0)
+    w = (1 + 3.0 * boundary_band(y0)).expand_as(y0)
+    kl = (w * bernoulli_kl(d.posterior(y_t, y0, p, t), d.posterior(y_t, calibrate(y_t, torch.sigmoid(logits)), p,
+                                                                     t))).sum() / w.sum()
+    bce = (w * F.binary_cross_entropy_with_logits(logits, eps, reduction="none")).sum() / w.sum()
+    lp, l1mp = F.logsigmoid(logits), F.logsigmoid(-logits)
+    focal = (w * -(eps * l1mp.exp() ** 2 * lp + (1 - eps) * lp.exp() ** 2 * l1mp)).sum() / w.sum()
+    torch.testing.assert_close(weighted.kl, kl)
+    torch.testing.assert_close(weighted.focal, focal)
+    torch.testing.assert_close(weighted.total, kl + focal + bce)
+    assert not torch.isclose(weighted.total, plain.total)
 
 
 def test_diffusion_loss_gradients_reach_prior_and_refiner_output():

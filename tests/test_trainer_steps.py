@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from trainer_utils import changed, make_batch, make_trainer, snapshot
 
@@ -318,6 +319,35 @@ def test_intermediate_lambda_diff_joint_step_reports_the_weighted_loss(nnunet_pa
     assert losses[0.3]["refiner_loss"] == pytest.approx(losses[1.0]["refiner_loss"], rel=1e-5)
     assert l_disc[0.3] == pytest.approx(l_disc[1.0], rel=1e-5, abs=1e-6)
     assert losses[0.3]["loss"] < losses[1.0]["loss"]
+
+
+def test_boundary_weight_changes_only_the_diffusion_term_of_a_joint_step(nnunet_paths):
+    """The ``_boundary4`` variant: L_diff weighs y0's boundary band 5×. Same initialisation, batch and noise: the
+    reported L_diff differs from the unweighted one, L_disc does not, and both networks still train."""
+    from nnunetv2_hidiff.training.common import start_message
+    from nnunetv2_hidiff.training.variants import nnUNetTrainerHiDiff_w8_joint_bce1_res_boundary4_cpuWarm500 as v
+    assert (v.boundary_weight, v.inference_steps, tuple(v.decision_extra_steps)) == (4.0, 1, ())
+    losses = {}
+    for beta in (0.0, 4.0):
+        torch.manual_seed(0)
+        tr = make_trainer("nnUNetTrainerHiDiff_joint_smoke")
+        tr.boundary_weight = beta
+        tr.initialize()
+        tr.network = tr.hidiff
+        tr.hidiff.train()
+        seg0, ref0 = snapshot(tr.hidiff.segmentor), snapshot(tr.hidiff.refiner)
+        batch = make_batch(tr, seed=7)  # random labels put every pixel on a boundary: use one block per image
+        block = torch.zeros_like(batch["target"][0])
+        h, w = block.shape[-2:]
+        block[..., h // 4:h // 2, w // 4:w // 2] = 1
+        batch["target"] = [F.interpolate(block, size=tg.shape[-2:], mode="nearest") for tg in batch["target"]]
+        torch.manual_seed(1)
+        losses[beta] = tr.train_step(batch)
+        assert losses[beta]["skipped"] == 0 and changed(seg0, tr.hidiff.segmentor) and changed(ref0, tr.hidiff.refiner)
+        assert f"boundary weight={beta}" in start_message(tr)
+    l_disc = {beta: o["loss"] - o["refiner_loss"] for beta, o in losses.items()}  # λ_diff = 1
+    assert l_disc[0.0] == pytest.approx(l_disc[4.0], rel=1e-5, abs=1e-6)
+    assert losses[0.0]["refiner_loss"] != pytest.approx(losses[4.0]["refiner_loss"], rel=1e-3)
 
 
 @pytest.mark.parametrize("name", ["nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500",

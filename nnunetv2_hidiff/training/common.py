@@ -52,6 +52,7 @@ def start_message(trainer) -> str:
     """The training log's line with the HiDiff configuration (for people; programs read the fold record)."""
     t = trainer
     return (f"HiDiff: {t.hidiff_config()}, λ_diff={t.lambda_diff}, λ_focal={t.lambda_focal}, γ={t.focal_gamma}, "
+            f"λ_bce={t.lambda_bce}, boundary weight={t.boundary_weight}, "
             f"training t ~ U{{{t.min_train_timestep}..T}}, alternate={t.alternate_training}, joint={t.joint_step}, "
             f"segmentor optimiser={t.segmentor_optimizer}, "
             f"prior τ_max={t.prior_temperature_max}, prior logit noise={t.prior_logit_noise}, out-of-fold "

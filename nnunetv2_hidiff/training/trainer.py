@@ -61,7 +61,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     focal_gamma = 2.0  # γ of Eq. 12; 0 = BCE
     lambda_focal = 1.0  # Eq. 13
     lambda_bce = 1.0  # a BCE share in L_diff to calibrate ε̂ where there is no noise (not in the paper; losses.py)
-    lambda_diff = 1.0  # Eq. 17
+    lambda_diff, boundary_weight = 1.0, 0.0  # Eq. 17; L_diff's weight on y0's boundary band is 1 + β (losses.py)
     prior_residual = True  # the refiner head is a residual on the prior's Bayes posterior (refiner.py)
     alternate_training = True  # False (Table X, V1): after warm-up only the refiner trains
     # True: one refiner forward/backward per iteration updates both networks (the segmentor's L_diff then uses
@@ -99,8 +99,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     inference_steps: Optional[int] = 1  # None → T (the paper's)
     packed_inference = True  # binary refiner: bit-packed XNOR-popcount convs at inference on the CPU (packed.py)
     inference_mirroring = True  # False: no mirroring test-time augmentation in validation/prediction
-    max_nonfinite_in_a_row = 5
-    max_overflow_in_a_row = 40  # grad-scaler overflows (CUDA mixed precision), each halves the scale
+    max_nonfinite_in_a_row, max_overflow_in_a_row = 5, 40  # overflows: of the grad scaler, each halves the scale
     # training budget (None keeps nnU-Net's 1000 × 250 iterations, 50 validation iterations)
     budget_epochs: Optional[int] = None
     budget_iterations_per_epoch: Optional[int] = None
@@ -277,7 +276,8 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         with self._autocast():
             eps_logits = refiner(data, s["y_t"], prior, s["t"], features).float()
         return diffusion_loss(self.hidiff.diffusion, eps_logits, s["eps"], s["y_t"], s["y0"], prior, s["t"],
-                              gamma=self.focal_gamma, lambda_focal=self.lambda_focal, lambda_bce=self.lambda_bce)
+                              gamma=self.focal_gamma, lambda_focal=self.lambda_focal, lambda_bce=self.lambda_bce,
+                              boundary_weight=self.boundary_weight)
 
     def refiner_step(self, data, s: dict):
         """Step (1): update g on L_diff with the segmentor's outputs detached. Returns (loss, ok)."""

@@ -249,6 +249,13 @@ class nnUNetTrainerHiDiff_w8_joint_bce1_res_gated_cpuWarm500(nnUNetTrainerHiDiff
     decision_gates = ((0.7, 1.0), (0.8, 1.0), (0.9, 1.0), (1.0, 0.7), (1.0, 0.8), (1.0, 0.9), (0.8, 0.8), (0.9, 0.9))
 
 
+class nnUNetTrainerHiDiff_w8_joint_bce1_res_boundary4_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500):
+    """The uniform-t run whose L_diff weighs the pixels within one pixel of the reference's class boundaries 5×
+    (boundary_weight 4): on 901 the segmentor's errors on unseen cases are boundary voxels, which the refiner
+    relabels about as often wrongly as rightly; does a loss that puts its capacity there help? 1 step, no gates."""
+    inference_steps, decision_extra_steps, boundary_weight = 1, (), 4.0
+
+
 class nnUNetTrainerHiDiff_w8_res_tT_discOnly_cpuWarm500(nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_cpuWarm500):
     """The t = T refiner (λ_bce 1 as above) next to a segmentor that trains on L_disc alone, as plain nnU-Net: its
     segmentor is then the control's, and any gain of the refined or combined output is the refiner's own."""
