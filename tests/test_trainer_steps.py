@@ -237,6 +237,7 @@ def test_3d_configuration_is_refused(nnunet_paths):
                                           ("nnUNetTrainerHiDiff_cpuWarm100", (4, 25, 5)),
                                           ("nnUNetTrainerHiDiff_real_cpuWarm100", (4, 25, 5)),
                                           ("nnUNetTrainerBaseline_cpu1750", (70, 25, 5)),
+                                          ("nnUNetTrainerBaseline_cpuWarm700", (28, 25, 5)),
                                           ("nnUNetTrainerBaseline_5epochs", (5, 250, 50))])
 def test_benchmark_variants_budget_and_mirroring(nnunet_paths, name, budget):
     """The CPU benchmark trainers: equal budgets, and no mirroring TTA in validation for all of them

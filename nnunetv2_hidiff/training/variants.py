@@ -366,6 +366,12 @@ class nnUNetTrainerBaseline_cpuWarm500(nnUNetTrainerBaseline):
     inference_mirroring, warm_start_from_env = False, True
 
 
+class nnUNetTrainerBaseline_cpuWarm700(nnUNetTrainerBaseline_cpuWarm500):
+    """The equal-time control of the HiDiff _cpuWarm500 runs: plain nnU-Net continued from the same checkpoint for
+    28 × 25 iterations, 1.4× the 500 (a HiDiff iteration costs 1.3-1.5× plain nnU-Net's on 901 on the CPU)."""
+    budget_epochs = 28
+
+
 class nnUNetTrainerBaseline_cpu1750(nnUNetTrainerBaseline):
     """The control of nnUNetTrainerHiDiff_w8_joint_bce1_res_cpu1750 (HiDiff from scratch): plain nnU-Net with the
     same 70 × 25 iterations in one poly schedule and the same validation settings (no mirroring TTA)."""
