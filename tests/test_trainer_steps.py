@@ -298,6 +298,18 @@ def test_disc_only_segmentor_step_runs_no_refiner_and_still_trains_both(nnunet_p
     assert (v.joint_step, v.lambda_diff, v.min_train_timestep) == (False, 0.0, 10)
 
 
+def _joint_smoke_trainer(**attributes):
+    """An initialized joint-step smoke trainer (seed 0) with ``attributes`` set before initialize, in train mode."""
+    torch.manual_seed(0)
+    tr = make_trainer("nnUNetTrainerHiDiff_joint_smoke")
+    for name, value in attributes.items():
+        setattr(tr, name, value)
+    tr.initialize()
+    tr.network = tr.hidiff
+    tr.hidiff.train()
+    return tr
+
+
 def test_intermediate_lambda_diff_joint_step_reports_the_weighted_loss(nnunet_paths):
     """The ``_lambdaDiff03`` variant: the t = T refiner with the joint step at λ_diff = 0.3. One step trains both
     networks, and the reported loss is L_disc + 0.3·L_diff, so L_diff enters the segmentor's loss at that weight."""
@@ -305,12 +317,7 @@ def test_intermediate_lambda_diff_joint_step_reports_the_weighted_loss(nnunet_pa
     assert (v.joint_step, v.lambda_diff, v.min_train_timestep, v.inference_steps) == (True, 0.3, 10, 1)
     losses = {}
     for lam in (0.3, 1.0):
-        torch.manual_seed(0)
-        tr = make_trainer("nnUNetTrainerHiDiff_joint_smoke")
-        tr.lambda_diff = lam
-        tr.initialize()
-        tr.network = tr.hidiff
-        tr.hidiff.train()
+        tr = _joint_smoke_trainer(lambda_diff=lam)
         seg0 = snapshot(tr.hidiff.segmentor)
         torch.manual_seed(1)
         losses[lam] = tr.train_step(make_batch(tr, seed=7))
@@ -330,12 +337,7 @@ def test_boundary_weight_changes_only_the_diffusion_term_of_a_joint_step(nnunet_
     assert (v.boundary_weight, v.inference_steps, tuple(v.decision_extra_steps)) == (4.0, 1, ())
     losses = {}
     for beta in (0.0, 4.0):
-        torch.manual_seed(0)
-        tr = make_trainer("nnUNetTrainerHiDiff_joint_smoke")
-        tr.boundary_weight = beta
-        tr.initialize()
-        tr.network = tr.hidiff
-        tr.hidiff.train()
+        tr = _joint_smoke_trainer(boundary_weight=beta)
         seg0, ref0 = snapshot(tr.hidiff.segmentor), snapshot(tr.hidiff.refiner)
         batch = make_batch(tr, seed=7)  # random labels put every pixel on a boundary: use one block per image
         block = torch.zeros_like(batch["target"][0])
