@@ -75,10 +75,11 @@ def main() -> None:
         decision = rec.get("decision", {})
         print(f"== {tr} fold {args.f}: decided refine={decision.get('refine')} steps={decision.get('steps')}, "
               f"{rec.get('seconds_per_iteration')} s/iteration")
-        plain = rec.get("kind") == "baseline"  # its one output: validation/, the segmentor
-        for name in FOLDERS:
-            folder = fold / ("validation" if plain and name == FOLDERS[0] else name)
-            if not (folder / "summary.json").is_file() or (plain and name != FOLDERS[0]):
+        # a plain nnU-Net fold has one output, validation/: the segmentor
+        outputs = {FOLDERS[0]: "validation"} if rec.get("kind") == "baseline" else {name: name for name in FOLDERS}
+        for name, folder_name in outputs.items():
+            folder = fold / folder_name
+            if not (folder / "summary.json").is_file():
                 continue
             metrics = per_case(folder / "summary.json")
             dice, hd = metrics["Dice"], metrics["HD95"]
