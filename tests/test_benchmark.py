@@ -254,13 +254,16 @@ def test_refined_vs_segmentor_decision_and_speed_sections(bench):
     for _, fold, refine, steps, _, dice, _ in decisions:
         record = _record(bench, HIDIFF, fold)
         decision, combine = record["decision"], record["decision"].get("combine", "none")
+        gate = decision.get("gate")
+        gated = f", gate {gate[0]:g} / {gate[1]:g}" if gate else ""  # a gated fold names its chosen gate
         expected = "no" if not decision["refine"] else "yes" + (
-            "" if combine == "none" else f" (combined with the segmentor: {combine})")
+            "" if combine == "none" else f" (combined with the segmentor: {combine}{gated})")
         assert refine == expected and steps.split()[0] == str(decision["steps"])
         other_steps = decision["steps"] != record["validation"]["refined"]["steps"]
         if decision["refine"] and (combine != "none" or other_steps):  # not the refined rows: from the fold record
             chosen = next(v["dice"] for v in record["validation"].values() if v.get("refine")
-                          and v.get("combine") == combine and v.get("steps") == decision["steps"])
+                          and v.get("combine") == combine and v.get("steps") == decision["steps"]
+                          and v.get("gate") == gate)
         else:
             chosen = (ref if decision["refine"] else seg)[fold]
         assert float(dice) == pytest.approx(chosen, abs=6e-5)
