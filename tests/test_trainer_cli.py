@@ -4,6 +4,7 @@ nnUNetv2_find_best_configuration's ensembling of HiDiff with a plain nnU-Net (th
 so they come last)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -68,6 +69,7 @@ def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
         assert entry["folder"] == folder and entry["cases"] == len(summaries[folder]["metric_per_case"])
         assert entry["dice"] == summaries[folder]["foreground_mean"]["Dice"] and entry["seconds_per_case"] > 0
     decision = record["decision"]
+    assert decision["checkpoint"] == "checkpoint_final.pth"
     folders = {"none": "validation_refined", "new_components": "validation_combined", "union": "validation_union",
                "gated": "validation_gated_a500_r800"}
     chosen = ("validation_segmentor" if not decision["refine"] else
@@ -331,9 +333,10 @@ def test_fold_all_trains_validates_and_predicts(trained, tmp_path):
         assert set(np.unique(seg)) <= {0, 1, 2}
 
 
-def test_val_with_best_checkpoint_and_npz(trained):
+def test_val_with_best_checkpoint_and_npz(trained, tmp_path):
     """--val --val_best --npz: validation only, from checkpoint_best.pth, with probabilities; the decision goes
-    into the checkpoint that was validated (checkpoint_best.pth), the record says so."""
+    into the checkpoint that was validated (checkpoint_best.pth), the record says so, and the pooled decision
+    (nnunetv2_hidiff_decide) writes into that checkpoint too."""
     root, env, _ = trained
     fold = _folder(root / "results" / "Dataset990_Tiny", HIDIFF, "0")
     final_before = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
@@ -343,8 +346,25 @@ def test_val_with_best_checkpoint_and_npz(trained):
     decision = record["decision"]
     stored = decision["steps"] if decision["steps"] != 2 else 0
     assert best["inference_decision"].tolist() == [_mode(decision), stored]
+    assert decision["checkpoint"] == "checkpoint_best.pth"
     final_after = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
     assert all(torch.equal(final_before[k], final_after[k]) for k in final_before)  # not rewritten
+    # the pooled decision of this one fold, on a copy whose checkpoint_best.pth holds another decision
+    from nnunetv2_hidiff.cli.decide import main as decide_main
+
+    copy = tmp_path / "model" / "fold_0"
+    shutil.copytree(fold, copy)
+    checkpoint = torch.load(copy / "checkpoint_best.pth", weights_only=False)
+    checkpoint["network_weights"]["inference_decision"] = torch.tensor([1, 7])
+    torch.save(checkpoint, copy / "checkpoint_best.pth")
+    decide_main(["-i", str(copy.parent), "-f", "0", "--min-dice-gain", "-1"])
+    pooled = json.loads((copy / "hidiff_fold.json").read_text())["decision"]
+    assert pooled["pooled"]["folds"] == ["fold_0"] and pooled["checkpoint"] == "checkpoint_best.pth"
+    stored = pooled["steps"] if pooled["steps"] != 2 else 0
+    written = torch.load(copy / "checkpoint_best.pth", weights_only=False)["network_weights"]
+    assert written["inference_decision"].tolist() == [_mode(pooled), stored]
+    untouched = torch.load(copy / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    assert all(torch.equal(final_before[k], untouched[k]) for k in final_before)
     for name in ("validation", "validation_segmentor", "validation_refined"):
         npz = sorted((fold / name).glob("*.npz"))
         assert npz and all(np.load(f)["probabilities"].shape[0] == 3 for f in npz), name

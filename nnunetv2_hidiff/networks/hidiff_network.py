@@ -12,6 +12,21 @@ from .refiner import HiDiffRefiner
 __all__ = ["HiDiffNetwork", "SegmentorOutput"]
 
 
+
+def decision_buffers(refine: bool, steps: int = 0, combine: str = COMBINE_NONE,
+                     gate: Optional[Sequence[float]] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The buffers ``inference_decision`` = [mode, steps] and, for a refined "gated" decision, ``inference_gate`` =
+    [add, remove] in per mille (None otherwise: the stored gate is left as it is); see :class:`HiDiffNetwork`."""
+    if combine not in COMBINES:
+        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+    gate_buffer = None
+    if combine == COMBINE_GATED and refine:
+        if gate is None:
+            raise ValueError("combine='gated' needs a gate (gate_add, gate_remove)")
+        gate_buffer = torch.tensor([round(g * 1000) for g in check_gate(gate)], dtype=torch.long)
+    mode = 1 + COMBINES.index(combine) if refine else 0  # 1 refined, 2 new_components, 3 union, 4 average, 5 gated
+    return torch.tensor([mode, int(steps)], dtype=torch.long), gate_buffer
+
 class SegmentorOutput(NamedTuple):
     """logits: exactly what the segmentor's decoder returns (a list, highest resolution first, with deep
     supervision on; a tensor (B, K, *sp) otherwise); features: the encoder skips, one per stage."""
@@ -115,14 +130,10 @@ class HiDiffNetwork(nn.Module):
         combine "gated") prediction refines by default."""
         if not 0 <= int(steps) <= self.diffusion.num_steps:
             raise ValueError(f"steps must lie in 0..{self.diffusion.num_steps}, got {steps}")
-        if combine not in COMBINES:
-            raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-        if combine == COMBINE_GATED and refine:
-            if gate is None:
-                raise ValueError("combine='gated' needs a gate (gate_add, gate_remove)")
-            self.inference_gate.copy_(torch.tensor([round(g * 1000) for g in check_gate(gate)]))
-        mode = 1 + COMBINES.index(combine) if refine else 0  # 1 refined, 2 new_components, 3 union, 4 average, 5 gated
-        self.inference_decision.copy_(torch.tensor([mode, int(steps)]))
+        decision, gate_buffer = decision_buffers(refine, steps, combine, gate)
+        if gate_buffer is not None:
+            self.inference_gate.copy_(gate_buffer)
+        self.inference_decision.copy_(decision)
 
     def resolved_settings(self):
         """(refine, steps) this network predicts with: forced settings first, then the stored decision."""

@@ -15,8 +15,11 @@ these files only, never from log text or source code:
     validation              {"segmentor": {...}, "refined": {...}} for HiDiff folds: per output the
                             folder name, the number of cases, seconds per case and foreground Dice/HD95
     decision                HiDiff folds after validation: {"refine": bool, "steps": int, "combine": str,
-                             ["gate": [add, remove],] "reason": str,
-                             "candidates": [{"refine", "steps", "combine", ["gate",] "dice", "hd95"}, ...]}
+                             ["gate": [add, remove],] "reason": str, "checkpoint": the checkpoint file in the
+                             fold folder that carries the decision (absent before 2026-12-06),
+                             "candidates": [{"refine", "steps", "combine", ["gate",] "dice", "hd95"}, ...],
+                             after nnunetv2_hidiff_decide also "pooled": {"folds", "cases"} and
+                             "fold_decision": the fold's own decision it replaced}
                             (combine: "none", the refined output, "new_components", the segmentor's output
                             plus the refined components it does not reach, "union", plus all refined
                             foreground, "average", the mean of both outputs' probabilities, or "gated", the

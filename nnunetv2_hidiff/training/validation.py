@@ -172,6 +172,7 @@ def validate_and_decide(trainer, run_validation: Callable[[bool], None], save_pr
         checkpoint = trainer.validated_checkpoint or join(out, "checkpoint_final.pth")
         if isfile(checkpoint):
             write_decision_into_checkpoint(checkpoint, net.inference_decision, net.inference_gate)
+        decision["checkpoint"] = os.path.basename(checkpoint)  # the file that carries it (pooled_decision.py)
         update_fold_record(out, validation=record, decision=decision)
     barrier()
     return decision

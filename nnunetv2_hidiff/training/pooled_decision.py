@@ -1,0 +1,119 @@
+"""The refinement decision on the pooled cross-validation of several folds (``nnunetv2_hidiff_decide``).
+
+Each HiDiff fold decides on its own validation cases after training (validation.py). nnU-Net decides
+postprocessing on all folds' validation cases together (``nnUNetv2_find_best_configuration``); this module does the
+same for refinement once the folds are trained: it pools every candidate's per-case results over the folds (each
+class's nanmean over all cases, then the mean over classes, as nnU-Net's ``foreground_mean``), applies the same rule
+(``validation.decide``) and writes the one decision into every fold, exactly where the fold's own decision was:
+``validation/`` (a copy of the chosen candidate's folder, what find_best_configuration reads), the decision buffers of
+the checkpoint the fold validated, and the fold record (``decision``, with ``pooled`` and the replaced
+``fold_decision``). Everything is read and checked before the first fold is written.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from os.path import basename, isfile, join
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from nnunetv2_hidiff.networks.combine import COMBINE_NONE
+from nnunetv2_hidiff.networks.hidiff_network import decision_buffers
+
+from .fold_record import FOLD_RECORD, VALIDATION, read_fold_record, update_fold_record
+from .validation import decide, replace_folder, write_decision_into_checkpoint
+
+Key = Tuple[bool, int, str, tuple]
+
+
+class PooledDecisionError(ValueError):
+    """A fold that cannot take part (no validated decision, a missing folder or summary); names the file."""
+
+
+def _key(entry: dict) -> Key:
+    gate = entry.get("gate")
+    return (bool(entry["refine"]), int(entry["steps"]) if entry["refine"] else 0,
+            entry.get("combine", COMBINE_NONE), tuple(gate) if gate else ())
+
+
+def _fold_outputs(fold: str) -> Tuple[dict, Dict[Key, dict]]:
+    """The fold's record and its validated outputs {key: validation entry}; raises PooledDecisionError."""
+    record = read_fold_record(fold)
+    if not record or "decision" not in record or not isinstance(record.get("validation"), dict):
+        raise PooledDecisionError(f"{join(fold, FOLD_RECORD)}: no validated HiDiff decision in it (train the fold, "
+                                  f"or run nnUNetv2_train ... --val, first)")
+    outputs = {}
+    for name, entry in record["validation"].items():
+        if not isinstance(entry, dict) or "folder" not in entry:
+            raise PooledDecisionError(f"{join(fold, FOLD_RECORD)}: validation entry {name!r} names no folder")
+        outputs[_key(entry)] = entry
+    if _key({"refine": False, "steps": 0}) not in outputs:
+        raise PooledDecisionError(f"{join(fold, FOLD_RECORD)}: no validation of the segmentor alone")
+    return record, outputs
+
+
+def _cases(fold: str, folder: str) -> List[dict]:
+    path = join(fold, folder, "summary.json")
+    try:
+        with open(path) as f:
+            cases = json.load(f)["metric_per_case"]
+        for c in cases:
+            c["metrics"]  # noqa: B018 (a KeyError here is a malformed summary)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PooledDecisionError(f"{path}: not a readable nnU-Net summary.json ({type(e).__name__}: {e})") from None
+    return cases
+
+
+def pooled_score(cases: Sequence[dict]) -> dict:
+    """Foreground Dice and HD95 of per-case summary entries pooled over folds: per class the nanmean over the cases,
+    then the mean over the classes (nnU-Net's foreground_mean; HD95 as the extended summary computes it)."""
+    labels = sorted({k for c in cases for k in c["metrics"] if k not in (0, "0")})
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of an all-NaN class
+        for metric, key in (("dice", "Dice"), ("hd95", "HD95")):
+            per_class = [np.nanmean([c["metrics"][k].get(key, math.nan) if k in c["metrics"] else math.nan
+                                     for c in cases]) for k in labels]
+            out[metric] = float(np.mean(per_class)) if per_class else math.nan
+    return out
+
+
+def decide_pooled(folds: Sequence[str], min_dice_gain: float = 0.0) -> Tuple[dict, Dict[str, dict]]:
+    """The decision over the pooled validation cases of ``folds`` (fold folders) and each fold's record.
+    Candidates are the outputs every fold validated; raises PooledDecisionError naming what is missing."""
+    if not folds:
+        raise PooledDecisionError("no folds given")
+    fold_data = {fold: _fold_outputs(fold) for fold in folds}
+    common = set.intersection(*(set(outputs) for _, outputs in fold_data.values()))
+    scores = {}
+    for key in sorted(common, key=repr):
+        cases = [c for fold, (_, outputs) in fold_data.items() for c in _cases(fold, outputs[key]["folder"])]
+        refine, steps, combine, gate = key
+        scores[key] = {"refine": refine, "steps": steps, "combine": combine,
+                       **({"gate": list(gate)} if gate else {}), **pooled_score(cases), "cases": len(cases)}
+    segmentor = scores.pop(_key({"refine": False, "steps": 0}))
+    candidates = list(scores.values())
+    decision = decide(segmentor, [{k: v for k, v in c.items() if k != "cases"} for c in candidates], min_dice_gain)
+    decision["reason"] = f"pooled over {len(folds)} folds ({segmentor['cases']} cases): {decision['reason']}"
+    decision["candidates"] = [{k: v for k, v in c.items() if k != "cases"} for c in (segmentor, *candidates)]
+    decision["pooled"] = {"folds": [basename(f.rstrip("/")) for f in folds], "cases": segmentor["cases"]}
+    return decision, {fold: record for fold, (record, _) in fold_data.items()}
+
+
+def apply_pooled_decision(fold: str, record: dict, decision: dict) -> None:
+    """Write the pooled ``decision`` into one fold (its record as decide_pooled read it): validation/, the
+    validated checkpoint's decision buffers, the record. decide_pooled has read every candidate's summary in every
+    fold, so the chosen folder exists."""
+    chosen = next(e for e in record["validation"].values() if _key(e) == _key(decision))
+    own = record["decision"].get("fold_decision", record["decision"])
+    checkpoint = join(fold, own.get("checkpoint", "checkpoint_final.pth"))
+    default_steps = record["validation"].get("refined", {}).get("steps")  # stored as 0 (= the network's default)
+    steps = decision["steps"] if decision["steps"] != default_steps else 0
+    buffers = decision_buffers(decision["refine"], steps, decision["combine"], decision.get("gate"))
+    replace_folder(join(fold, chosen["folder"]), join(fold, VALIDATION))
+    if isfile(checkpoint):
+        write_decision_into_checkpoint(checkpoint, *buffers)
+    own = {k: v for k, v in own.items() if k != "candidates"}
+    update_fold_record(fold, decision={**decision, "checkpoint": basename(checkpoint), "fold_decision": own})
