@@ -59,9 +59,9 @@ def _cases(fold: str, folder: str) -> List[dict]:
     try:
         with open(path) as f:
             cases = json.load(f)["metric_per_case"]
-        for c in cases:
-            c["metrics"]  # noqa: B018 (a KeyError here is a malformed summary)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        if not all(isinstance(c.get("metrics"), dict) for c in cases):
+            raise KeyError("metric_per_case[...]['metrics']")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise PooledDecisionError(f"{path}: not a readable nnU-Net summary.json ({type(e).__name__}: {e})") from None
     return cases
 
@@ -87,18 +87,20 @@ def decide_pooled(folds: Sequence[str], min_dice_gain: float = 0.0) -> Tuple[dic
         raise PooledDecisionError("no folds given")
     fold_data = {fold: _fold_outputs(fold) for fold in folds}
     common = set.intersection(*(set(outputs) for _, outputs in fold_data.values()))
-    scores = {}
+    scores, n_cases = {}, {}
     for key in sorted(common, key=repr):
         cases = [c for fold, (_, outputs) in fold_data.items() for c in _cases(fold, outputs[key]["folder"])]
         refine, steps, combine, gate = key
         scores[key] = {"refine": refine, "steps": steps, "combine": combine,
-                       **({"gate": list(gate)} if gate else {}), **pooled_score(cases), "cases": len(cases)}
-    segmentor = scores.pop(_key({"refine": False, "steps": 0}))
-    candidates = list(scores.values())
-    decision = decide(segmentor, [{k: v for k, v in c.items() if k != "cases"} for c in candidates], min_dice_gain)
-    decision["reason"] = f"pooled over {len(folds)} folds ({segmentor['cases']} cases): {decision['reason']}"
-    decision["candidates"] = [{k: v for k, v in c.items() if k != "cases"} for c in (segmentor, *candidates)]
-    decision["pooled"] = {"folds": [basename(f.rstrip("/")) for f in folds], "cases": segmentor["cases"]}
+                       **({"gate": list(gate)} if gate else {}), **pooled_score(cases)}
+        n_cases[key] = len(cases)
+    segmentor_key = _key({"refine": False, "steps": 0})
+    segmentor = scores.pop(segmentor_key)
+    decision = decide(segmentor, list(scores.values()), min_dice_gain)
+    cases = n_cases[segmentor_key]
+    decision["reason"] = f"pooled over {len(folds)} folds ({cases} cases): {decision['reason']}"
+    decision["candidates"] = [segmentor, *scores.values()]
+    decision["pooled"] = {"folds": [basename(f.rstrip("/")) for f in folds], "cases": cases}
     return decision, {fold: record for fold, (record, _) in fold_data.items()}
 
 
