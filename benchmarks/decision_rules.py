@@ -14,6 +14,7 @@ import os
 import sys
 
 from nnunetv2_hidiff.networks.combine import gate_name
+from nnunetv2_hidiff.training.fold_record import output_key
 from nnunetv2_hidiff.training.validation import decide
 
 
@@ -52,8 +53,7 @@ def main(argv=None) -> int:
         for g in a.min_dice_gain:
             d = decide(seg, cands, g)
             chosen = seg if not d["refine"] else next(
-                c for c in cands if (c["steps"], c.get("combine", "none"), c.get("gate"))
-                == (d["steps"], d["combine"], d.get("gate")))
+                c for c in cands if output_key(c) == output_key(d))
             row["rules"][str(g)] = {"choice": _label(d), "refine": d["refine"], "steps": d["steps"],
                                     "combine": d["combine"], **({"gate": d["gate"]} if "gate" in d else {}),
                                     "dice": chosen["dice"], "hd95": chosen["hd95"]}

@@ -53,6 +53,14 @@ VALIDATION_GATED = "validation_gated"  # + _a{add}_r{remove} (per mille): the re
 OUTPUT_FOLDERS = {"refined": VALIDATION_REFINED, "segmentor": VALIDATION_SEGMENTOR}
 
 
+def output_key(entry: dict) -> tuple:
+    """Which output a validation entry, candidate or decision names: (refine, steps, combine, gate); steps count only
+    when refining, a missing combine is "none" (records before 2026-12-05), the gate is a tuple or ()."""
+    gate = entry.get("gate")
+    return (bool(entry.get("refine")), entry.get("steps") if entry.get("refine") else 0,
+            entry.get("combine", "none"), tuple(gate) if gate else ())
+
+
 def read_fold_record(folder: Union[str, Path]) -> Optional[dict]:
     """The fold's record, or None when the fold has none (older runs, foreign trainers) or it is unreadable."""
     path = Path(folder) / FOLD_RECORD

@@ -19,26 +19,16 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from nnunetv2_hidiff.networks.combine import COMBINE_NONE
 from nnunetv2_hidiff.networks.hidiff_network import decision_buffers
 
-from .fold_record import FOLD_RECORD, VALIDATION, read_fold_record, update_fold_record
+from .fold_record import FOLD_RECORD, VALIDATION, output_key, read_fold_record, update_fold_record
 from .validation import decide, replace_folder, write_decision_into_checkpoint
-
-Key = Tuple[bool, int, str, tuple]
-
 
 class PooledDecisionError(ValueError):
     """A fold that cannot take part (no validated decision, a missing folder or summary); names the file."""
 
 
-def _key(entry: dict) -> Key:
-    gate = entry.get("gate")
-    return (bool(entry["refine"]), int(entry["steps"]) if entry["refine"] else 0,
-            entry.get("combine", COMBINE_NONE), tuple(gate) if gate else ())
-
-
-def _fold_outputs(fold: str) -> Tuple[dict, Dict[Key, dict]]:
+def _fold_outputs(fold: str) -> Tuple[dict, Dict[tuple, dict]]:
     """The fold's record and its validated outputs {key: validation entry}; raises PooledDecisionError."""
     record = read_fold_record(fold)
     if not record or "decision" not in record or not isinstance(record.get("validation"), dict):
@@ -48,8 +38,8 @@ def _fold_outputs(fold: str) -> Tuple[dict, Dict[Key, dict]]:
     for name, entry in record["validation"].items():
         if not isinstance(entry, dict) or "folder" not in entry:
             raise PooledDecisionError(f"{join(fold, FOLD_RECORD)}: validation entry {name!r} names no folder")
-        outputs[_key(entry)] = entry
-    if _key({"refine": False, "steps": 0}) not in outputs:
+        outputs[output_key(entry)] = entry
+    if output_key({"refine": False, "steps": 0}) not in outputs:
         raise PooledDecisionError(f"{join(fold, FOLD_RECORD)}: no validation of the segmentor alone")
     return record, outputs
 
@@ -94,7 +84,7 @@ def decide_pooled(folds: Sequence[str], min_dice_gain: float = 0.0) -> Tuple[dic
         scores[key] = {"refine": refine, "steps": steps, "combine": combine,
                        **({"gate": list(gate)} if gate else {}), **pooled_score(cases)}
         n_cases[key] = len(cases)
-    segmentor_key = _key({"refine": False, "steps": 0})
+    segmentor_key = output_key({"refine": False, "steps": 0})
     segmentor = scores.pop(segmentor_key)
     decision = decide(segmentor, list(scores.values()), min_dice_gain)
     cases = n_cases[segmentor_key]
@@ -108,7 +98,7 @@ def apply_pooled_decision(fold: str, record: dict, decision: dict) -> None:
     """Write the pooled ``decision`` into one fold (its record as decide_pooled read it): validation/, the
     validated checkpoint's decision buffers, the record. decide_pooled has read every candidate's summary in every
     fold, so the chosen folder exists."""
-    chosen = next(e for e in record["validation"].values() if _key(e) == _key(decision))
+    chosen = next(e for e in record["validation"].values() if output_key(e) == output_key(decision))
     own = record["decision"].get("fold_decision", record["decision"])
     checkpoint = join(fold, own.get("checkpoint", "checkpoint_final.pth"))
     default_steps = record["validation"].get("refined", {}).get("steps")  # stored as 0 (= the network's default)

@@ -35,7 +35,7 @@ from nnunetv2_hidiff.networks.combine import (COMBINE_AVERAGE, COMBINE_GATED, CO
                                               COMBINE_UNION, check_gate, gate_name)
 
 from .fold_record import (VALIDATION, VALIDATION_AVERAGE, VALIDATION_COMBINED, VALIDATION_GATED, VALIDATION_REFINED,
-                          VALIDATION_SEGMENTOR, VALIDATION_UNION, update_fold_record)
+                          VALIDATION_SEGMENTOR, VALIDATION_UNION, output_key, update_fold_record)
 
 COMBINED_FOLDERS = {COMBINE_NEW_COMPONENTS: VALIDATION_COMBINED, COMBINE_UNION: VALIDATION_UNION,
                     COMBINE_AVERAGE: VALIDATION_AVERAGE}
@@ -165,9 +165,7 @@ def validate_and_decide(trainer, run_validation: Callable[[bool], None], save_pr
     trainer.print_to_log_file(f"Refinement decision: {'refine' if decision['refine'] else 'segmentor alone'} "
                               f"({decision['reason']})")
     if trainer.local_rank == 0:
-        key = (decision["refine"], decision["steps"], decision["combine"], decision.get("gate"))
-        chosen = next(r["folder"] for r in record.values()
-                      if (r["refine"], r["steps"], r["combine"], r.get("gate")) == key or not (r["refine"] or key[0]))
+        chosen = next(r["folder"] for r in record.values() if output_key(r) == output_key(decision))
         replace_folder(join(out, chosen), join(out, VALIDATION))
         checkpoint = trainer.validated_checkpoint or join(out, "checkpoint_final.pth")
         if isfile(checkpoint):
