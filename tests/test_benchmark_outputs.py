@@ -418,3 +418,45 @@ def test_the_forced_refined_test_prediction_uses_the_refined_validations_steps(t
     assert cli.refined_validation_steps(tdir, [0, 1]) is None
     assert cli.refined_validation_steps(tdir, [1]) == 5
     assert cli.prediction_env({}, "1", None) == {"nnUNet_HiDiff_refine": "1"}
+
+
+def test_pooled_decision_is_made_before_collecting_and_the_test_set_follows_it(fake_env, capsys):
+    """--pooled-decision: one decision over both folds' validation cases is written into each HiDiff fold (the
+    refined output, pooled Dice 0.705 against 0.65 at a lower HD95, although fold 1 had decided otherwise); the
+    summary and the as-decided test prediction follow it; a measured training time stays valid; a HiDiff trainer
+    without records cannot take part and is reported; a second run writes nothing and reuses every prediction."""
+    import torch
+
+    from nnunetv2_hidiff.benchmark.runner import TimingStore
+    from nnunetv2_hidiff.training.fold_record import read_fold_record
+
+    hdir = trainer_dir(fake_env["results"], HIDIFF)
+    for fold in (0, 1):
+        torch.save({"network_weights": {"inference_decision": torch.tensor([0, 0]),
+                                        "inference_gate": torch.tensor([500, 1000])}},
+                   hdir / f"fold_{fold}" / "checkpoint_final.pth")
+    store = TimingStore(fake_env["out"] / "timings.json")
+    store.record(HIDIFF, 1, hdir / "fold_1", 3600.0)
+    fake_env["out"].mkdir()
+    store.save()
+    argv = fake_env["argv"] + ["--pooled-decision"]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert f"{HIDIFF}: pooled decision over folds 0, 1: refine (none, 2 steps); written into 2 fold(s)" in captured.out
+    assert f"{LEGACY}: no pooled decision: " in captured.err and "no validated HiDiff decision" in captured.err
+    for fold in (0, 1):
+        record = read_fold_record(hdir / f"fold_{fold}")["decision"]
+        assert record["refine"] and record["pooled"] == {"folds": ["fold_0", "fold_1"], "cases": 4}
+        assert record["fold_decision"]["refine"] == DECISIONS[fold]["refine"]
+        weights = torch.load(hdir / f"fold_{fold}" / "checkpoint_final.pth", weights_only=False)["network_weights"]
+        assert weights["inference_decision"].tolist() == [1, 0]  # refine at the network's default steps
+        assert (json.loads((hdir / f"fold_{fold}" / "validation" / "summary.json").read_text())
+                == json.loads((hdir / f"fold_{fold}" / "validation_refined" / "summary.json").read_text()))
+    md = (fake_env["out"] / "summary.md").read_text()
+    decisions = {row[1]: row for row in table(md, "Trainer", after="## The decision: refine or not") if row[0] == HIDIFF}
+    assert set(decisions) == {"0", "1"} and all("pooled over 2 folds (4 cases)" in row[4] for row in decisions.values())
+    assert "measured: folds 1" in md  # the decision rewrote checkpoint_final.pth; the measured time survives
+    n_calls = len(fake_env["calls"])
+    assert cli.main(argv) == 1
+    assert "every fold already carried it" in capsys.readouterr().out
+    assert len(fake_env["calls"]) == n_calls  # no checkpoint rewritten, so every test prediction is reused

@@ -149,3 +149,36 @@ def test_dry_run_writes_nothing(model, capsys):
     assert (model / "fold_1" / "hidiff_fold.json").read_text() == record
     assert (model / "fold_1" / "validation" / "which.txt").read_text() == "segmentor"
     assert _buffers(model / "fold_1")[0] == [0, 0]
+
+
+def test_a_decision_already_carried_is_not_written_again_and_the_trained_checkpoint_is_remembered(model, capsys):
+    import os
+
+    from nnunetv2_hidiff.benchmark.runner import TimingStore, trained_checkpoint_id
+    from nnunetv2_hidiff.training.fold_record import file_identity
+
+    fold = model / "fold_0"
+    checkpoint = fold / "checkpoint_final.pth"
+    os.utime(checkpoint, ns=(1_000_000_000, 1_000_000_000))  # "as training left it"
+    trained = file_identity(checkpoint)
+    store = TimingStore(model / "timings.json")
+    store.record("T", 0, fold, 123.0)  # the benchmark measured this fold's training
+    decide_main(["-i", str(model), "-f", "0", "1"])
+    assert "Written into 2 folds." in capsys.readouterr().out
+    first = file_identity(checkpoint)
+    assert first != trained
+    assert read_fold_record(fold)["decision"]["checkpoint_rewritten"] == {"from": trained, "to": first}
+    assert trained_checkpoint_id(fold) == trained and store.measured("T", 0, fold) == 123.0
+    # the same decision again: nothing is written, the checkpoint keeps its identity
+    record_text = (fold / "hidiff_fold.json").read_text()
+    decide_main(["-i", str(model), "-f", "0", "1"])
+    assert "Written into 0 folds (2 already carried it)." in capsys.readouterr().out
+    assert file_identity(checkpoint) == first and (fold / "hidiff_fold.json").read_text() == record_text
+    # another decision rewrites it again: the record still names the identity training left
+    decide_main(["-i", str(model), "-f", "0", "1", "--min-dice-gain", "0.01"])
+    second = file_identity(checkpoint)
+    assert read_fold_record(fold)["decision"]["checkpoint_rewritten"] == {"from": trained, "to": second}
+    assert store.measured("T", 0, fold) == 123.0
+    # anything else that rewrites the checkpoint (a new training) ends the measured time's validity
+    os.utime(checkpoint, ns=(2_000_000_000, 2_000_000_000))
+    assert trained_checkpoint_id(fold) == file_identity(checkpoint) and store.measured("T", 0, fold) is None

@@ -49,8 +49,8 @@ from .collect import (DECIDED, ENSEMBLE, REFINED, SEGMENTOR, TEST, VALIDATION, C
 from .report import Prediction, ReportInput, write_figure, write_markdown
 from .report_hidiff import refined_steps
 from .runner import (COMPLETE, Job, JobResult, TimingStore, checkpoint_id, cli_path, fold_folder, fold_records,
-                     fold_state, fold_wall_time, log_name, refreshed, run_logged, subprocess_env, train_command,
-                     trainers_dir, validation_outputs, warm_start_source)
+                     fold_state, fold_wall_time, log_name, pool_decision, refreshed, run_logged, subprocess_env,
+                     train_command, trainers_dir, validation_outputs, warm_start_source)
 
 PROG = "nnunetv2_hidiff_benchmark"
 DEFAULT_TRAINERS = ["nnUNetTrainerBaseline_5epochs", "nnUNetTrainerHiDiff_5epochs"]
@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-folds", nargs="+", type=int, default=None,
                    help="folds whose ensemble predicts the test set, the same for every trainer (a subset of "
                         "--folds). Default: each trainer's complete folds")
+    p.add_argument("--pooled-decision", action="store_true",
+                   help="before collecting, make each HiDiff trainer's refinement decision on the pooled validation "
+                        "cases of all --folds and write it into every fold, as nnunetv2_hidiff_decide does (this "
+                        "changes the models: the test set as decided follows it)")
     p.add_argument("--disable-tta", action="store_true", help="test prediction without mirroring TTA (faster)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="Default: cpu")
     p.add_argument("-np", "--num-processes", type=int, default=None,
@@ -316,6 +320,25 @@ def _collect_fold(j: Job, hidiff: bool, record: Optional[dict], dataset_json: di
     return out
 
 
+def _pool_decisions(trainers: Sequence[str], trainer_dirs: Dict[str, Path], folds: List[int],
+                    problems: List[str]) -> None:
+    """--pooled-decision: one decision per HiDiff trainer over all requested folds (all of them complete)."""
+    from nnunetv2_hidiff.training.pooled_decision import PooledDecisionError
+
+    records = {t: fold_records(trainer_dirs[t], folds) for t in trainers}
+    for t, is_h in _trainers_hidiff(trainers, records).items():
+        if not is_h:
+            continue
+        incomplete = [f for f in folds if fold_state(fold_folder(trainer_dirs[t], f)) != COMPLETE]
+        if incomplete:
+            problems.append(f"{t}: no pooled decision: fold(s) {', '.join(map(str, incomplete))} not complete")
+            continue
+        try:
+            _status(f"{t}: " + pool_decision(trainer_dirs[t], folds))
+        except PooledDecisionError as e:
+            problems.append(f"{t}: no pooled decision: {e}")
+
+
 def _trainers_hidiff(trainers: Sequence[str], records: Dict[str, Dict[int, Optional[dict]]]) -> Dict[str, bool]:
     return {t: is_hidiff(t, records.get(t, {}).values()) for t in trainers}
 
@@ -405,6 +428,9 @@ def _run(args, command: str) -> int:
                 problems.append(msg)
                 _status(msg)
             bar.update(1)
+
+        if args.pooled_decision:
+            _pool_decisions(args.trainers, trainer_dirs, folds, problems)
 
         # ---- collect validation
         collected: List[Collected] = []

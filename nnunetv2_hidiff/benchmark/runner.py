@@ -192,17 +192,28 @@ MEASURED, FROM_CHECKPOINT = "measured", "checkpoint"
 
 def checkpoint_id(folder: Path) -> Optional[List[int]]:
     """(mtime_ns, size) of the fold's checkpoint_final.pth, None if absent: tells whether it was rewritten."""
-    try:
-        st = (folder / "checkpoint_final.pth").stat()
-    except OSError:
-        return None
-    return [st.st_mtime_ns, st.st_size]
+    from nnunetv2_hidiff.training.fold_record import file_identity
+
+    return file_identity(folder / "checkpoint_final.pth")
+
+
+def trained_checkpoint_id(folder: Path) -> Optional[List[int]]:
+    """checkpoint_id as training left it: where nnunetv2_hidiff_decide has since written a pooled decision into
+    checkpoint_final.pth (and nothing else rewrote it), the identity its record says the file had before."""
+    current = checkpoint_id(folder)
+    decision = (fold_record(folder) or {}).get("decision") or {}
+    rewritten = decision.get("checkpoint_rewritten") if isinstance(decision, dict) else None
+    if (isinstance(rewritten, dict) and decision.get("checkpoint") == "checkpoint_final.pth"
+            and current is not None and rewritten.get("to") == current):
+        return rewritten.get("from")
+    return current
 
 
 class TimingStore:
     """``OUTDIR/timings.json``: measured seconds of fresh ``nnUNetv2_train`` runs started by the benchmark, per
     trainer and fold. A record is valid while the fold's ``checkpoint_final.pth`` is the one that run wrote (same
-    mtime and size), so a later ``--collect-only`` still reports the measured time."""
+    mtime and size, or rewritten since by nothing but a pooled decision), so a later ``--collect-only`` still
+    reports the measured time."""
 
     def __init__(self, path: Path):
         import json
@@ -218,7 +229,8 @@ class TimingStore:
 
     def measured(self, trainer: str, fold: int, folder: Path) -> Optional[float]:
         rec = self.data.get(trainer, {}).get(str(fold))
-        if rec and rec.get("checkpoint") is not None and rec["checkpoint"] == checkpoint_id(folder):
+        if rec and rec.get("checkpoint") is not None and rec["checkpoint"] in (checkpoint_id(folder),
+                                                                                trained_checkpoint_id(folder)):
             return float(rec["seconds"])
         return None
 
@@ -237,3 +249,17 @@ def fold_wall_time(store: TimingStore, trainer: str, fold: int, folder: Path) ->
     if seconds is not None:
         return seconds, MEASURED
     return checkpoint_training_seconds(folder / "checkpoint_final.pth"), FROM_CHECKPOINT
+
+
+def pool_decision(trainer_dir: Path, folds: Sequence[int]) -> str:
+    """Write one refinement decision, made on the pooled validation cases of ``folds``, into each of them (what
+    ``nnunetv2_hidiff_decide`` does); returns a status line. Raises PooledDecisionError naming a fold's bad file."""
+    from nnunetv2_hidiff.training.pooled_decision import apply_pooled_decision, decide_pooled
+
+    decision, records = decide_pooled([str(fold_folder(trainer_dir, f)) for f in folds])
+    written = sum(apply_pooled_decision(fold, record, decision) for fold, record in records.items())
+    what = "segmentor alone" if not decision["refine"] else (
+        f"refine ({decision.get('combine', 'none')}, {decision['steps']} steps"
+        + (f", gate {' / '.join(map(str, decision['gate']))}" if decision.get("gate") else "") + ")")
+    return (f"pooled decision over folds {', '.join(map(str, folds))}: {what}; "
+            + (f"written into {written} fold(s)" if written else "every fold already carried it"))

@@ -43,9 +43,9 @@ def main(argv=None) -> None:
               + (f" ({own.get('combine', 'none')}, {own['steps']} steps)" if own["refine"] else ""))
     if args.dry_run:
         return
-    for fold, record in records.items():
-        apply_pooled_decision(fold, record, decision)
-    print(f"Written into {len(records)} folds.")
+    written = sum(apply_pooled_decision(fold, record, decision) for fold, record in records.items())
+    print(f"Written into {written} folds" + (f" ({len(records) - written} already carried it)."
+                                             if written < len(records) else "."))
 
 
 if __name__ == "__main__":

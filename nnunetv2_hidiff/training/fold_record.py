@@ -18,8 +18,10 @@ these files only, never from log text or source code:
                              ["gate": [add, remove],] "reason": str, "checkpoint": the checkpoint file in the
                              fold folder that carries the decision (absent before 2026-12-06),
                              "candidates": [{"refine", "steps", "combine", ["gate",] "dice", "hd95"}, ...],
-                             after nnunetv2_hidiff_decide also "pooled": {"folds", "cases"} and
-                             "fold_decision": the fold's own decision it replaced}
+                             after nnunetv2_hidiff_decide also "pooled": {"folds", "cases"},
+                             "fold_decision": the fold's own decision it replaced and "checkpoint_rewritten":
+                             {"from", "to"}, the file_identity of that checkpoint as training left it and as the
+                             decision left it}
                             (combine: "none", the refined output, "new_components", the segmentor's output
                             plus the refined components it does not reach, "union", plus all refined
                             foreground, "average", the mean of both outputs' probabilities, or "gated", the
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 from nnunetv2_hidiff.atomic import atomic_write_bytes
 
@@ -59,6 +61,15 @@ def output_key(entry: dict) -> tuple:
     gate = entry.get("gate")
     return (bool(entry.get("refine")), entry.get("steps") if entry.get("refine") else 0,
             entry.get("combine", "none"), tuple(gate) if gate else ())
+
+
+def file_identity(path: Union[str, Path]) -> Optional[List[int]]:
+    """[mtime_ns, size] of a file, None if it is absent: tells whether a checkpoint was rewritten."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size]
 
 
 def read_fold_record(folder: Union[str, Path]) -> Optional[dict]:

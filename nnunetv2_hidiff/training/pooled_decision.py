@@ -21,7 +21,7 @@ import numpy as np
 
 from nnunetv2_hidiff.networks.hidiff_network import decision_buffers
 
-from .fold_record import FOLD_RECORD, VALIDATION, output_key, read_fold_record, update_fold_record
+from .fold_record import FOLD_RECORD, VALIDATION, file_identity, output_key, read_fold_record, update_fold_record
 from .validation import decide, replace_folder, write_decision_into_checkpoint
 
 class PooledDecisionError(ValueError):
@@ -94,18 +94,39 @@ def decide_pooled(folds: Sequence[str], min_dice_gain: float = 0.0) -> Tuple[dic
     return decision, {fold: record for fold, (record, _) in fold_data.items()}
 
 
-def apply_pooled_decision(fold: str, record: dict, decision: dict) -> None:
+def _same(a: dict, b: dict) -> bool:
+    """Equal as the record stores them (JSON: tuples become lists, NaN equals NaN)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+_WRITTEN_KEYS = ("checkpoint", "fold_decision", "checkpoint_rewritten")  # what applying adds to the decision
+
+
+def apply_pooled_decision(fold: str, record: dict, decision: dict) -> bool:
     """Write the pooled ``decision`` into one fold (its record as decide_pooled read it): validation/, the
     validated checkpoint's decision buffers, the record. decide_pooled has read every candidate's summary in every
-    fold, so the chosen folder exists."""
+    fold, so the chosen folder exists. A fold that already carries this very decision is left untouched (False), so
+    that running it again rewrites no checkpoint (the benchmark re-predicts a test set when one changes). The
+    record keeps the checkpoint's identity as training left it (``checkpoint_rewritten``), so that a measured
+    training time stays attached to the fold."""
+    current = record["decision"]
+    if "pooled" in current and _same({k: v for k, v in current.items() if k not in _WRITTEN_KEYS}, decision):
+        return False
     chosen = next(e for e in record["validation"].values() if output_key(e) == output_key(decision))
-    own = record["decision"].get("fold_decision", record["decision"])
+    own = current.get("fold_decision", current)
     checkpoint = join(fold, own.get("checkpoint", "checkpoint_final.pth"))
     default_steps = record["validation"].get("refined", {}).get("steps")  # stored as 0 (= the network's default)
     steps = decision["steps"] if decision["steps"] != default_steps else 0
     buffers = decision_buffers(decision["refine"], steps, decision["combine"], decision.get("gate"))
     replace_folder(join(fold, chosen["folder"]), join(fold, VALIDATION))
+    rewritten = {}
     if isfile(checkpoint):
+        before = file_identity(checkpoint)
+        earlier = current.get("checkpoint_rewritten") or {}
         write_decision_into_checkpoint(checkpoint, *buffers)
+        rewritten = {"checkpoint_rewritten": {"from": earlier["from"] if earlier.get("to") == before else before,
+                                              "to": file_identity(checkpoint)}}
     own = {k: v for k, v in own.items() if k != "candidates"}
-    update_fold_record(fold, decision={**decision, "checkpoint": basename(checkpoint), "fold_decision": own})
+    update_fold_record(fold, decision={**decision, "checkpoint": basename(checkpoint), "fold_decision": own,
+                                       **rewritten})
+    return True
