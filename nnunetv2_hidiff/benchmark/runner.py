@@ -229,8 +229,7 @@ class TimingStore:
 
     def measured(self, trainer: str, fold: int, folder: Path) -> Optional[float]:
         rec = self.data.get(trainer, {}).get(str(fold))
-        if rec and rec.get("checkpoint") is not None and rec["checkpoint"] in (checkpoint_id(folder),
-                                                                                trained_checkpoint_id(folder)):
+        if rec and rec.get("checkpoint") is not None and rec["checkpoint"] == trained_checkpoint_id(folder):
             return float(rec["seconds"])
         return None
 
@@ -254,12 +253,9 @@ def fold_wall_time(store: TimingStore, trainer: str, fold: int, folder: Path) ->
 def pool_decision(trainer_dir: Path, folds: Sequence[int]) -> str:
     """Write one refinement decision, made on the pooled validation cases of ``folds``, into each of them (what
     ``nnunetv2_hidiff_decide`` does); returns a status line. Raises PooledDecisionError naming a fold's bad file."""
-    from nnunetv2_hidiff.training.pooled_decision import apply_pooled_decision, decide_pooled
+    from nnunetv2_hidiff.training.pooled_decision import apply_pooled_decision, decide_pooled, describe
 
     decision, records = decide_pooled([str(fold_folder(trainer_dir, f)) for f in folds])
     written = sum(apply_pooled_decision(fold, record, decision) for fold, record in records.items())
-    what = "segmentor alone" if not decision["refine"] else (
-        f"refine ({decision.get('combine', 'none')}, {decision['steps']} steps"
-        + (f", gate {' / '.join(map(str, decision['gate']))}" if decision.get("gate") else "") + ")")
-    return (f"pooled decision over folds {', '.join(map(str, folds))}: {what}; "
+    return (f"pooled decision over folds {', '.join(map(str, folds))}: {describe(decision)}; "
             + (f"written into {written} fold(s)" if written else "every fold already carried it"))

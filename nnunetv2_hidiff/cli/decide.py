@@ -16,7 +16,8 @@ import argparse
 import sys
 from os.path import isdir, join
 
-from nnunetv2_hidiff.training.pooled_decision import PooledDecisionError, apply_pooled_decision, decide_pooled
+from nnunetv2_hidiff.training.pooled_decision import (PooledDecisionError, apply_pooled_decision, decide_pooled,
+                                                      describe)
 
 
 def main(argv=None) -> None:
@@ -36,11 +37,9 @@ def main(argv=None) -> None:
         decision, records = decide_pooled(folds, args.min_dice_gain)
     except PooledDecisionError as e:
         sys.exit(f"nnunetv2_hidiff_decide: {e}")
-    print(f"Pooled decision: {'refine' if decision['refine'] else 'segmentor alone'} ({decision['reason']})")
+    print(f"Pooled decision: {describe(decision)} ({decision['reason']})")
     for fold, record in records.items():
-        own = record["decision"].get("fold_decision", record["decision"])
-        print(f"  {fold}: its own decision was {'refine' if own['refine'] else 'segmentor alone'}"
-              + (f" ({own.get('combine', 'none')}, {own['steps']} steps)" if own["refine"] else ""))
+        print(f"  {fold}: its own decision was {describe(record['decision'].get('fold_decision', record['decision']))}")
     if args.dry_run:
         return
     written = sum(apply_pooled_decision(fold, record, decision) for fold, record in records.items())

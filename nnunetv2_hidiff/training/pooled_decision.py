@@ -94,6 +94,15 @@ def decide_pooled(folds: Sequence[str], min_dice_gain: float = 0.0) -> Tuple[dic
     return decision, {fold: record for fold, (record, _) in fold_data.items()}
 
 
+def describe(decision: dict) -> str:
+    """"segmentor alone" or "refine (combine, k steps[, gate add / remove])"."""
+    if not decision["refine"]:
+        return "segmentor alone"
+    gate = decision.get("gate")
+    return (f"refine ({decision.get('combine', 'none')}, {decision['steps']} steps"
+            + (f", gate {' / '.join(map(str, gate))}" if gate else "") + ")")
+
+
 def _same(a: dict, b: dict) -> bool:
     """Equal as the record stores them (JSON: tuples become lists, NaN equals NaN)."""
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
