@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_hidiff.training.pooled_decision import describe
+
 R = Path("benchmark_results/Dataset901_Hippocampus_issue12")
 RUNS = [  # fold, run label, record
     (0, "2026-12-02, earlier machine", R / "hidiff_fold_real_w8_joint_bce1_res_cpuWarm500_fold0.json"),
@@ -27,9 +29,9 @@ def entry(v, combine, steps):
 def decided(d, seg, v):
     """The fold's decision, and what it gained on the validation cases when it refines."""
     if not d["refine"]:
-        return "segmentor"
+        return "segmentor"  # the table's short word for describe()'s "segmentor alone"
     e = entry(v, d.get("combine", "none"), d["steps"])
-    return f"refine ({d.get('combine', 'none')}, {d['steps']} step): {e['dice'] - seg['dice']:+.5f} / {e['hd95']:.3f}"
+    return f"{describe(d)}: {e['dice'] - seg['dice']:+.5f} / {e['hd95']:.3f}"
 
 
 rows, latest = [], {}  # latest: the last run listed per fold (the reruns of folds 0 and 1)
