@@ -45,9 +45,9 @@ def _scratch_nnunet(dataset_name: str) -> str:
 def make_trainer(name: str, plans: dict, dataset_json: dict):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunetv2_hidiff.training import variants
+    from nnunetv2_hidiff.trainer_lookup import trainer_class
 
-    cls = nnUNetTrainer if name == "nnUNetTrainer" else getattr(variants, name)
+    cls = nnUNetTrainer if name == "nnUNetTrainer" else trainer_class(name)
     if hasattr(cls, "warmup_epochs"):
         cls = type(name, (cls,), {"warmup_epochs": 0, "pretrained_segmentor": None})
     trainer = cls({**plans, "continue_training": False}, "2d", 0, dataset_json, device=torch.device("cpu"))
@@ -141,9 +141,9 @@ def main() -> None:
                                  ratio=t / t_base))
                 print(f"{ds} train_step {tr}: {t:.3f} s = {t / t_base:.2f}x", flush=True)
         for tr in args.trainers:
-            from nnunetv2_hidiff.training import variants
+            from nnunetv2_hidiff.trainer_lookup import trainer_class
 
-            cls = getattr(variants, tr)
+            cls = trainer_class(tr)
             for steps in args.steps:
                 for samples in args.samples:
                     seg, refined, settings = time_patch_forward(cls, plans, dataset_json, args.repeats, steps, samples)

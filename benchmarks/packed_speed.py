@@ -28,7 +28,7 @@ from refiner_speed import timeit  # noqa: E402
 def build(trainer: str, dataset: str, patch, real: bool = False):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunetv2_hidiff.training import variants
+    from nnunetv2_hidiff.trainer_lookup import trainer_class
 
     _, plans_file, dj_file = PLANS[dataset]
     plans, dataset_json = json.loads(plans_file.read_text()), json.loads(dj_file.read_text())
@@ -39,7 +39,7 @@ def build(trainer: str, dataset: str, patch, real: bool = False):
     k = pm.get_label_manager(dataset_json).num_segmentation_heads
     c = len(dataset_json["channel_names"])
     torch.manual_seed(0)
-    cls = getattr(variants, trainer)
+    cls = trainer_class(trainer)
     if real:  # the real-valued twin: same class, binary_refiner off
         cls = type(f"{trainer}_realTwin", (cls,), {"binary_refiner": False})
     net = cls.build_network_architecture(pm, cm, c, k, enable_deep_supervision=False).eval()

@@ -294,7 +294,7 @@ def test_disc_only_segmentor_step_runs_no_refiner_and_still_trains_both(nnunet_p
     assert len(calls) == 1 and out["skipped"] == 0 and torch.isfinite(torch.tensor(out["refiner_loss"]))
     ref_params = {n for n, _ in tr.hidiff.refiner.named_parameters()}
     assert changed(seg0, tr.hidiff.segmentor) and ref_params & changed(ref0, tr.hidiff.refiner)
-    from nnunetv2_hidiff.training.variants import nnUNetTrainerHiDiff_w8_res_tT_discOnly_cpuWarm500 as v
+    from nnunetv2_hidiff.experiments import nnUNetTrainerHiDiff_w8_res_tT_discOnly_cpuWarm500 as v
     assert (v.joint_step, v.lambda_diff, v.min_train_timestep) == (False, 0.0, 10)
 
 
@@ -313,7 +313,7 @@ def _joint_smoke_trainer(**attributes):
 def test_intermediate_lambda_diff_joint_step_reports_the_weighted_loss(nnunet_paths):
     """The ``_lambdaDiff03`` variant: the t = T refiner with the joint step at λ_diff = 0.3. One step trains both
     networks, and the reported loss is L_disc + 0.3·L_diff, so L_diff enters the segmentor's loss at that weight."""
-    from nnunetv2_hidiff.training.variants import nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_lambdaDiff03_cpuWarm500 as v
+    from nnunetv2_hidiff.experiments import nnUNetTrainerHiDiff_w8_joint_bce1_res_tT_lambdaDiff03_cpuWarm500 as v
     assert (v.joint_step, v.lambda_diff, v.min_train_timestep, v.inference_steps) == (True, 0.3, 10, 1)
     losses = {}
     for lam in (0.3, 1.0):
@@ -333,7 +333,7 @@ def test_boundary_weight_changes_only_the_diffusion_term_of_a_joint_step(nnunet_
     """The ``_boundary4`` variant: L_diff weighs y0's boundary band 5×. Same initialisation, batch and noise: the
     reported L_diff differs from the unweighted one, L_disc does not, and both networks still train."""
     from nnunetv2_hidiff.training.common import start_message
-    from nnunetv2_hidiff.training.variants import nnUNetTrainerHiDiff_w8_joint_bce1_res_boundary4_cpuWarm500 as v
+    from nnunetv2_hidiff.experiments import nnUNetTrainerHiDiff_w8_joint_bce1_res_boundary4_cpuWarm500 as v
     assert (v.boundary_weight, v.inference_steps, tuple(v.decision_extra_steps)) == (4.0, 1, ())
     losses = {}
     for beta in (0.0, 4.0):
@@ -388,18 +388,23 @@ DEFAULT_KEYS = ("refiner_width", "joint_step", "lambda_bce", "prior_residual", "
 def test_default_is_the_measured_configuration_and_paper_keeps_the_papers(nnunet_paths):
     """nnUNetTrainerHiDiff = the configuration measured on 901 (issue 14: width 8, joint step, BCE share, residual
     head, 1 step); _paper = the paper's; variants named before the switch keep the configuration of their name."""
-    from nnunetv2_hidiff.training import variants as v
+    from nnunetv2_hidiff.trainer_lookup import all_trainers
 
+    v = all_trainers()
     tr = make_trainer("nnUNetTrainerHiDiff")
     assert tuple(getattr(tr, k) for k in DEFAULT_KEYS) == (8, True, 1.0, True, 1, True)
-    measured = v.nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500
+    measured = v["nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500"]
     assert all(getattr(measured, k) == getattr(tr, k) for k in DEFAULT_KEYS if k != "inference_steps")
-    assert tuple(getattr(v.nnUNetTrainerHiDiff_paper, k) for k in DEFAULT_KEYS) == (32, False, 0.0, False, None, True)
-    for name in ("real", "w8", "joint", "V5", "cpuBench", "cpuWarm500", "smoke", "demo"):
-        cls = getattr(v, f"nnUNetTrainerHiDiff_{name}")
-        assert issubclass(cls, v.nnUNetTrainerHiDiff_paper) and cls.lambda_bce == 0.0 and not cls.prior_residual
-    assert v.nnUNetTrainerHiDiff_joint_bce1_res_cpuWarm500.refiner_width == 32
-    twin = v.nnUNetTrainerHiDiff_realRefiner  # the default's real-valued twin
+    paper = v["nnUNetTrainerHiDiff_paper"]
+    assert tuple(getattr(paper, k) for k in DEFAULT_KEYS) == (32, False, 0.0, False, None, True)
+    for name in ("real", "w8", "joint", "V5", "cpuBench", "cpuWarm500", "smoke"):
+        cls = v[f"nnUNetTrainerHiDiff_{name}"]
+        assert issubclass(cls, paper) and cls.lambda_bce == 0.0 and not cls.prior_residual
+    assert v["nnUNetTrainerHiDiff_joint_bce1_res_cpuWarm500"].refiner_width == 32
+    for name in ("demo", "cpu"):  # the demo's pipeline check and the CPU product trainer: the default's configuration
+        cls = v[f"nnUNetTrainerHiDiff_{name}"]
+        assert tuple(getattr(cls, k) for k in DEFAULT_KEYS) == (8, True, 1.0, True, 1, True)
+    twin = v["nnUNetTrainerHiDiff_realRefiner"]  # the default's real-valued twin
     assert tuple(getattr(twin, k) for k in DEFAULT_KEYS) == (8, True, 1.0, True, 1, False)
 
     tr.initialize()
@@ -417,7 +422,7 @@ def test_default_is_the_measured_configuration_and_paper_keeps_the_papers(nnunet
     with torch.no_grad():
         x = make_batch(tr, seed=7)["data"][:1]
         assert net(x).shape == (1, tr.label_manager.num_segmentation_heads, *x.shape[2:])
-    paper = v.nnUNetTrainerHiDiff_paper.build_network_architecture(
+    paper = v["nnUNetTrainerHiDiff_paper"].build_network_architecture(
         tr.plans_manager, tr.configuration_manager, 1, tr.label_manager.num_segmentation_heads, False)
     with pytest.raises(RuntimeError, match="trained with another refiner configuration: refiner.*nnUNetTrainerHiDiff_paper"):
         paper.load_state_dict(tr.hidiff.state_dict())
@@ -431,7 +436,7 @@ def test_segmentor_trains_with_nnunets_sgd_by_default_and_adamw_as_a_variant(nnu
     assert sgd.defaults["lr"] == 1e-2 and sgd.defaults["weight_decay"] == 3e-5
     assert {id(p) for p in sgd.param_groups[0]["params"]} == {id(p) for p in tr.hidiff.segmentor.parameters()}
     assert isinstance(tr.refiner_optimizer, torch.optim.AdamW) and tr.refiner_optimizer.defaults["lr"] == 1e-4
-    from nnunetv2_hidiff.training.variants import nnUNetTrainerHiDiff_adamw
+    from nnunetv2_hidiff.experiments import nnUNetTrainerHiDiff_adamw
 
     assert nnUNetTrainerHiDiff_adamw.segmentor_optimizer == "adamw"
     tr = make_trainer("nnUNetTrainerHiDiff_adamw")

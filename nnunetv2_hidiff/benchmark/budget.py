@@ -75,13 +75,11 @@ def find_trainer_class(name: str, ext_trainer_path: Optional[str] = None) -> typ
     search). Raises BenchmarkError for an unknown name."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    import nnunetv2_hidiff.training as ours
-    from nnunetv2_hidiff.training import trainer as ours_trainer, variants as ours_variants
+    from nnunetv2_hidiff.trainer_lookup import all_trainers
 
-    for module in (ours, ours_variants, ours_trainer):
-        cls = getattr(module, name, None)
-        if isinstance(cls, type) and issubclass(cls, nnUNetTrainer):
-            return cls
+    cls = all_trainers().get(name)
+    if isinstance(cls, type) and issubclass(cls, nnUNetTrainer):
+        return cls
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     extra = {"nnUNet_extTrainer": ext_trainer_path} if ext_trainer_path else {}

@@ -368,7 +368,7 @@ def _run(args, command: str) -> int:
     results = Path(os.environ["nnUNet_results"])
     out = Path(args.output) if args.output else default_output(results, dataset_name, args.trainers, args.plans,
                                                                args.configuration)
-    ours = trainers_dir(out / ".ext_trainers")
+    ours = trainers_dir()
     env = subprocess_env(ours)
     trainer_dirs = {t: results / dataset_name / f"{t}__{args.plans}__{args.configuration}" for t in args.trainers}
     records = {t: fold_records(trainer_dirs[t], folds) for t in args.trainers}

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import nnunetv2_hidiff
 
 from .collect import OUTPUT_ORDER, REFINED, SEGMENTOR
 
@@ -33,29 +32,18 @@ COMPLETE, NEEDS_VALIDATION, INTERRUPTED, MISSING = "complete", "needs_validation
 ACTION = {NEEDS_VALIDATION: "validate", INTERRUPTED: "resume", MISSING: "train"}
 EXTRA_ARGS = {"validate": ["--val"], "resume": ["--c"], "train": []}
 
-_REEXPORT = '''"""Written by nnunetv2_hidiff_benchmark: re-export of the nnunetv2_hidiff trainers for nnU-Net."""
-from nnunetv2_hidiff.training.trainer import nnUNetTrainerHiDiff  # noqa: F401
-from nnunetv2_hidiff.training.variants import *  # noqa: F401,F403
-'''
-
-
 def cli_path(name: str) -> str:
     """An nnU-Net console script next to this Python interpreter (falls back to the bare name on PATH)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
 
 
-def trainers_dir(fallback_dir: Path) -> Path:
-    """The repository's ``trainers/`` folder (editable install); otherwise a re-export written into
-    ``fallback_dir`` (nnU-Net needs a folder of .py files to search)."""
-    repo_dir = Path(nnunetv2_hidiff.__file__).resolve().parents[1] / "trainers"
-    if (repo_dir / "hidiff_trainers.py").is_file():
-        return repo_dir
-    fallback_dir.mkdir(parents=True, exist_ok=True)
-    target = fallback_dir / "hidiff_trainers.py"
-    if not target.is_file() or target.read_text() != _REEXPORT:
-        target.write_text(_REEXPORT)
-    return fallback_dir
+def trainers_dir() -> Path:
+    """The trainer folder shipped inside the package (what ``nnunetv2_hidiff_trainers`` prints): nnU-Net searches
+    it for our trainers by name, in a clone and in an installed wheel alike."""
+    from nnunetv2_hidiff.nnunet_trainers import FOLDER
+
+    return Path(FOLDER)
 
 
 def ext_trainer_path(ours: Path, environ: Optional[Dict[str, str]] = None) -> str:
