@@ -17,8 +17,8 @@
 # On a GPU: HIDIFF_DEVICE=cuda trains and predicts there, HIDIFF_PARALLEL_FOLDS=1 trains the folds of each trainer
 # side by side with nnUNetv2_train before the benchmark collects them (a 2d DRIVE model at batch 4 leaves a large
 # GPU idle), HIDIFF_BIN / HIDIFF_PYTHON name the console scripts' folder and the interpreter when they are not in
-# .venv, HIDIFF_NP the benchmark's processes, HIDIFF_EVIDENCE_DIR the output folder (scripts/device_evidence.sh
-# sets them for this project's device tool).
+# .venv, HIDIFF_NP the benchmark's processes, HIDIFF_EVIDENCE_DIR the output folder
+# (scripts/maintainer/device_evidence.sh sets them for this project's device tool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${nnUNet_raw:?set nnUNet_raw}" "${nnUNet_preprocessed:?set nnUNet_preprocessed}" "${nnUNet_results:?set nnUNet_results}"

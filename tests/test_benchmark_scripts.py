@@ -415,10 +415,11 @@ def test_classical_floor_finds_dark_thin_lines_inside_the_fov_only():
 
 
 def test_evidence_902_on_a_gpu_trains_folds_side_by_side_and_resumes(tmp_path):
-    """scripts/evidence_902.sh with the settings scripts/device_evidence.sh uses on the GPU machine, run with stub
-    commands that record their arguments: every fold of every trainer is trained once on cuda (an interrupted fold
-    with --c, a finished one not at all), HiDiff gets its fold's baseline as the segmentor, and the benchmark
-    collects with --device cuda, the given processes and the test set in the FOV, into HIDIFF_EVIDENCE_DIR."""
+    """scripts/evidence_902.sh with the settings scripts/maintainer/device_evidence.sh uses on the GPU machine, run
+    with stub commands that record their arguments: every fold of every trainer is trained once on cuda (an
+    interrupted fold with --c, a finished one not at all), HiDiff gets its fold's baseline as the segmentor, and the
+    benchmark collects with --device cuda, the given processes and the test set in the FOV, into
+    HIDIFF_EVIDENCE_DIR."""
     stubs, calls = tmp_path / "bin", tmp_path / "calls.txt"
     stubs.mkdir()
     for name in ("nnUNetv2_train", "nnunetv2_hidiff_benchmark", "nnunetv2_hidiff_plan", "python"):
@@ -461,10 +462,11 @@ def test_evidence_902_on_a_gpu_trains_folds_side_by_side_and_resumes(tmp_path):
 
 
 def test_device_console_scripts_survive_spawned_workers(tmp_path):
-    """scripts/console_scripts.py (the console scripts scripts/device_evidence.sh writes on the GPU machine) must
-    guard the call like pip's own scripts: a command whose workers are started with spawn (nnU-Net's and this
-    package's pools) imports the script again in every worker. Unguarded, the first GPU run's benchmark failed its
-    test-set evaluation ("a worker process died", multiprocessing's bootstrapping error in every worker)."""
+    """scripts/maintainer/console_scripts.py (the console scripts scripts/maintainer/device_evidence.sh writes on the
+    GPU machine) must guard the call like pip's own scripts: a command whose workers are started with spawn
+    (nnU-Net's and this package's pools) imports the script again in every worker. Unguarded, the first GPU run's
+    benchmark failed its test-set evaluation ("a worker process died", multiprocessing's bootstrapping error in every
+    worker)."""
     pkg = tmp_path / "spawn_pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text(
@@ -474,14 +476,15 @@ def test_device_console_scripts_survive_spawned_workers(tmp_path):
         "        print('sum', sum(pool.map(abs, [-1, -2, -3])))\n"
         "    return 0\n")
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n[project.scripts]\nspawncheck = "spawn_pkg:main"\n')
-    subprocess.run([sys.executable, str(REPO / "scripts" / "console_scripts.py"), str(tmp_path / "pyproject.toml"),
+    console_scripts = str(REPO / "scripts" / "maintainer" / "console_scripts.py")
+    subprocess.run([sys.executable, console_scripts, str(tmp_path / "pyproject.toml"),
                     str(tmp_path / "bin")], check=True)
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     res = subprocess.run([str(tmp_path / "bin" / "spawncheck")], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.split() == ["sum", "6"], res.stdout
     # the scripts of this repository's own pyproject are written and name importable targets
-    written = subprocess.run([sys.executable, str(REPO / "scripts" / "console_scripts.py"), str(REPO / "pyproject.toml"),
+    written = subprocess.run([sys.executable, console_scripts, str(REPO / "pyproject.toml"),
                               str(tmp_path / "repo_bin")], capture_output=True, text=True)
     assert written.returncode == 0, written.stderr
     assert (tmp_path / "repo_bin" / "nnunetv2_hidiff_benchmark").is_file()

@@ -226,6 +226,10 @@ def test_export_writes_a_small_prediction_only_fold_that_predicts_like_the_origi
     for name in ("nnUNetTrainer", "nnUNetTrainerHiDiff_real_smoke"):  # nothing binary to pack
         with pytest.raises(ExportError, match=f"--packed needs a binary HiDiff trainer.*{name}"):
             prediction_network(model, {"trainer_name": name, "init_args": {"configuration": "2d"}})
+    # an experiment trainer (nnunetv2_hidiff.experiments) is found like a product one: its binary layers pack
+    experiment = prediction_network(model, {"trainer_name": "nnUNetTrainerHiDiff_w8_joint_bce1_res_cpuWarm500",
+                                            "init_args": {"configuration": "2d"}})
+    assert experiment.refiner.prior_residual and any("Binary" in type(m).__name__ for m in experiment.modules())
     proc = subprocess.run([str(BIN / "nnunetv2_hidiff_export"), "-i", str(model), "-f", "3", "-o", str(tmp_path / "x")],
                           env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "fold_3/checkpoint_final.pth: not found" in proc.stderr

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-
 from .collect import OUTPUT_ORDER, REFINED, SEGMENTOR
 
 COMPLETE, NEEDS_VALIDATION, INTERRUPTED, MISSING = "complete", "needs_validation", "interrupted", "missing"

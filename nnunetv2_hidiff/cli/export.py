@@ -68,10 +68,10 @@ def prediction_network(model_folder: Path, checkpoint: dict):
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    import nnunetv2_hidiff.training as training
+    from nnunetv2_hidiff.trainer_lookup import all_trainers
 
     name = checkpoint.get("trainer_name")
-    trainer = getattr(training, str(name), None)
+    trainer = all_trainers().get(str(name))
     if trainer is None or not getattr(trainer, "binary_refiner", False):
         raise ExportError(f"--packed needs a binary HiDiff trainer, this checkpoint is from {name}")
     pm = PlansManager(str(model_folder / "plans.json"))

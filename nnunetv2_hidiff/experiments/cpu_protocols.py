@@ -4,7 +4,8 @@ Question: at what CPU budget is a plain nnU-Net fold stable, and what does HiDif
 in the order they were used: _cpuBench (6 × 25 iterations from scratch), _cpuWarm100 (16 × 25 plain iterations,
 then 4 × 25 HiDiff iterations), the issue-12 protocol (nnUNetTrainerBaseline_5epochs, 1250 iterations, then
 _cpuWarm500, 20 × 25 HiDiff iterations) and HiDiff from scratch with the same total (_cpu1750). Write-up:
-docs/experiments/budgets_and_spread.md. The product's CPU trainer is nnUNetTrainerHiDiff_cpu (training/variants.py).
+docs/experiments/budgets_and_spread.md (_cpu1750 against its plain control:
+docs/experiments/equal_cost_controls.md). The product's CPU trainer is nnUNetTrainerHiDiff_cpu (training/variants.py).
 """
 from nnunetv2_hidiff.training.variants import nnUNetTrainerBaseline, nnUNetTrainerHiDiff_paper
 

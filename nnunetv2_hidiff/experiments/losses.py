@@ -2,7 +2,7 @@
 
 Question: on 901 the segmentor's errors on unseen cases are boundary voxels, which the refiner relabels about as
 often wrongly as rightly; does an L_diff that puts its capacity there (weight 1 + β on y0's boundary band,
-diffusion.boundary_band) make refinement help? Write-up: docs/experiments/combinations_and_gating.md (with the
+diffusion.boundary_band) make refinement help? Write-up: docs/experiments/equal_cost_controls.md (with the
 equal-budget control). Verdict: no (−0.0025 Dice at 1 step, folds 0-2).
 """
 from nnunetv2_hidiff.training.variants import nnUNetTrainerHiDiff_paper

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Writes the console scripts of a pyproject.toml ([project.scripts]) into a folder, for a machine on which the
-package is importable from a working tree (PYTHONPATH) but not pip-installed: scripts/device_evidence.sh on the
-project's GPU machine.
+package is importable from a working tree (PYTHONPATH) but not pip-installed: scripts/maintainer/device_evidence.sh
+on the project's GPU machine.
 
-    python3 scripts/console_scripts.py pyproject.toml /tmp/site/bin
+    python3 scripts/maintainer/console_scripts.py pyproject.toml /tmp/site/bin
 
 Each script calls its function under ``if __name__ == "__main__":``, as pip's own console scripts do: nnU-Net and
 this package start worker processes with the spawn method, which imports the main module again in every worker

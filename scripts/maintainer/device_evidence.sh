@@ -2,7 +2,7 @@
 # The DRIVE evidence of issue 12 (scripts/evidence_902.sh: plain nnU-Net 5 x 250 iterations, the classical floor,
 # HiDiff binary and real warm-started with 500 iterations, folds 0 1 2, the official test set in the FOV) on this
 # project's GPU machine, which holds CUDA torch but none of nnU-Net's other packages and no network.
-# scripts/device_kit.sh packs what it needs into two carry folders; this script, called once with each:
+# scripts/maintainer/device_kit.sh packs what it needs into two carry folders; this script, called once with each:
 #   .device_kit/part1  unpacks SimpleITK into $SITE and stops;
 #   .device_kit/part2  installs the other wheels into $SITE, plans and preprocesses Dataset902_DRIVE, runs
 #                      evidence_902.sh on cuda with the folds side by side and with its time limit, and packs the
@@ -12,7 +12,7 @@
 # nnUNet_compile defaults to f here: torch.compile of one network per training process costs about a minute each,
 # and the compile path is checked by scripts/gpu_check.py instead.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 START=$(date +%s)
 LIMIT_S="${HIDIFF_LIMIT_S:-560}"          # keep under the call's timeout_s (at most 600)
 SITE=/tmp/hidiff_site WORK=/tmp/hidiff_work
@@ -28,7 +28,7 @@ fi
 if [ ! -f "$SITE/.installed" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .device_kit/part2/wheels/*.whl || exit 1
   # this package's console scripts, importing from this working tree (PYTHONPATH below)
-  python3 scripts/console_scripts.py pyproject.toml "$SITE/bin" || exit 1
+  python3 scripts/maintainer/console_scripts.py pyproject.toml "$SITE/bin" || exit 1
   touch "$SITE/.installed"
 fi
 export PYTHONPATH="$PWD:$SITE" PATH="$SITE/bin:$PATH"

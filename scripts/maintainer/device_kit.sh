@@ -8,13 +8,13 @@
 #          Dataset902_DRIVE (imagesTr/Ts, labelsTr/Ts, fovTr/Ts)                      carry: [".device_kit/part2"]
 #
 # Then, in a session that has a device machine, two calls back to back (the machine stays warm about 30 s):
-#   run(command="bash scripts/device_evidence.sh", carry=[".device_kit/part1"], timeout_s=120)
-#   run(command="bash scripts/device_evidence.sh", carry=[".device_kit/part2"], timeout_s=600)
+#   run(command="bash scripts/maintainer/device_evidence.sh", carry=[".device_kit/part1"], timeout_s=120)
+#   run(command="bash scripts/maintainer/device_evidence.sh", carry=[".device_kit/part2"], timeout_s=600)
 # and, if the second stopped at its time limit, the same second call again (everything resumes).
 #
-#   nnUNet_raw=... ./scripts/device_kit.sh        (needs pip's network access and xz; about 1 min)
+#   nnUNet_raw=... ./scripts/maintainer/device_kit.sh        (needs pip's network access and xz; about 1 min)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 : "${nnUNet_raw:?set nnUNet_raw (the raw Dataset902_DRIVE is packed)}"
 KIT=.device_kit
 PIP="${VIRTUAL_ENV:-$PWD/.venv}/bin/python -m pip"
