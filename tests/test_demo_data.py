@@ -18,13 +18,13 @@ def test_demo_dataset_is_valid_and_small():
     verify_dataset_integrity(str(DEMO), num_processes=1)  # raises on any inconsistency
 
 
-def test_shipped_model_is_small_loads_strictly_and_never_trained_on_the_held_out_cases():
+def test_shipped_model_is_small_loads_strictly_and_never_trained_on_the_held_out_cases(monkeypatch):
     """demo/model holds one exported fold: float16 weights that load strictly into the network its trainer builds
-    (what nnUNetv2_predict does), and its validation cases include every held-out demo case."""
+    (found by name as nnUNetv2_predict finds it, through nnUNet_extTrainer), its fold record holds a decision, and
+    its validation cases include every held-out demo case."""
     import torch
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnunetv2_hidiff.training import variants
 
     folders = [p for p in (DEMO.parent / "model").iterdir() if p.is_dir()]
     assert len(folders) == 1
@@ -38,9 +38,13 @@ def test_shipped_model_is_small_loads_strictly_and_never_trained_on_the_held_out
         checkpoint = torch.load(io.BytesIO(f.read()), weights_only=False)
     assert model.name.startswith(checkpoint["trainer_name"] + "__") and "optimizer_state" not in checkpoint
     pm = PlansManager(str(model / "plans.json"))
-    trainer = getattr(variants, checkpoint["trainer_name"])
+    monkeypatch.setenv("nnUNet_extTrainer", str(DEMO.parents[1] / "trainers"))
+    trainer = recursive_find_trainer_class_by_name(checkpoint["trainer_name"])
     net = trainer.build_network_architecture(pm, pm.get_configuration("2d"), 1, 3, enable_deep_supervision=False)
     net.load_state_dict(checkpoint["network_weights"])  # strict
+    record = json.loads((model / "fold_0" / "hidiff_fold.json").read_text())
+    assert record["trainer"] == checkpoint["trainer_name"] and {"refine", "steps", "reason"} <= set(record["decision"])
+    assert record["validation"]["refined"]["steps"] >= 1  # the demo's "refined, N steps" row reads it
     summary = json.loads((model / "fold_0" / "validation" / "summary.json").read_text())
     validation_cases = {Path(c["reference_file"]).name for c in summary["metric_per_case"]}
     held_out = {p.name for p in (DEMO / "labelsTs").glob("*.nii.gz")}

@@ -371,8 +371,8 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         super().on_validation_epoch_end(val_outputs)
 
     def on_epoch_end(self):
-        self.print_to_log_file("refiner L_diff", np.round(self.logger.get_value("refiner_losses", step=-1), 4),
-                               "(warm-up)" if not self.diffusion_active() else "")
+        self.print_to_log_file(f"refiner L_diff {np.round(self.logger.get_value('refiner_losses', step=-1), 4)}"
+                               if self.diffusion_active() else "refiner not trained yet (segmentor warm-up)")
         super().on_epoch_end()
 
     def perform_actual_validation(self, save_probabilities: bool = False):
