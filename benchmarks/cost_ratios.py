@@ -84,18 +84,15 @@ def time_patch_forward(trainer_cls, plans: dict, dataset_json: dict, repeats: in
     c = len(dataset_json["channel_names"])
     net = trainer_cls.build_network_architecture(pm, cm, c, k, enable_deep_supervision=False)
     net.eval()
-    if steps:
-        net.num_inference_steps, net.steps_forced = steps, True
-    if samples:
-        net.num_samples = samples
+    net.steps, net.samples = steps or None, samples or None
     x = torch.randn(1, c, *cm.patch_size, generator=torch.Generator().manual_seed(1))
     out = {}
     for refine in (False, True):
         net.refine = refine
         with torch.no_grad():
             out[refine] = timeit(lambda: net(x), repeats)
-    return out[False], out[True], dict(zip(("refine", "steps"), net.resolved_settings()),
-                                       samples=net.num_samples, transition=net.transition)
+    settings = net.settings()
+    return out[False], out[True], {k: settings[k] for k in ("refine", "steps", "samples", "transition")}
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def main() -> None:
         for img, props in images:
             out = {}
             for is_packed in (False, True):
-                net.refine, net.steps_forced, net.packed, net.num_inference_steps = True, True, is_packed, steps
+                net.refine, net.packed, net.steps = True, is_packed, steps
                 out[is_packed] = predictor.predict_single_npy_array(img, props, None, None, True)
             differ += int((out[True][0] != out[False][0]).sum())
             total += out[True][0].size

@@ -60,9 +60,8 @@ def main() -> None:
     pm = PlansManager(plans)
     cm = pm.get_configuration("2d")
     net, _ = build(args.trainer, args.dataset, None)
-    if args.steps:
-        net.num_inference_steps = args.steps
-    steps = net.num_inference_steps
+    net.steps = args.steps or net.config.default_steps
+    steps, settings = net.steps, net.settings()
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=not args.disable_tta, device=torch.device("cpu"),
                                 perform_everything_on_device=False, allow_tqdm=False, verbose=False)
     predictor.manual_initialization(net, pm, cm, [net.state_dict()], dataset_json, args.trainer,
@@ -70,14 +69,14 @@ def main() -> None:
     reader = pm.image_reader_writer_class()
     images = [reader.read_images([str(f)]) for f in files]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kernels: {packed.isa()}; {name} plan "
-          f"patch {cm.patch_size}, {args.trainer}: {steps} steps, {net.num_samples} sample(s), transition "
-          f"{net.transition}, mirroring TTA {'off' if args.disable_tta else 'on'}; {len(files) - 1} images of "
+          f"patch {cm.patch_size}, {args.trainer}: {steps} steps, {settings['samples']} sample(s), transition "
+          f"{settings['transition']}, mirroring TTA {'off' if args.disable_tta else 'on'}; {len(files) - 1} images of "
           f"{folder} (+1 warm-up)")
     modes = {"segmentor alone": (False, False, 0), "refined, simulated": (True, False, 0),
              "refined, packed": (True, True, 0), "refined, packed, seed 1": (True, True, 1)}
     times, probs, segs = {}, {}, {}
     for mode, (refine, is_packed, seed) in modes.items():
-        net.refine, net.steps_forced, net.packed, net.seed = refine, True, is_packed, seed
+        net.refine, net.packed, net.seed = refine, is_packed, seed
         seconds, out, masks = [], [], []
         for i, (img, props) in enumerate(images):
             start = time.perf_counter()

@@ -55,7 +55,8 @@ def bench_plan(plans_path: Path, configuration: str, batch_sizes, repeats: int, 
     for name, binary in (("binary", True), ("real", False)):
         torch.manual_seed(0)
         net = build_hidiff_network_from_plans(plans, configuration, dataset_json=dataset_json,
-                                              enable_deep_supervision=False, binary=binary, refiner_width=width)
+                                              enable_deep_supervision=False, binary=binary, refiner_width=width,
+                                              prior_residual=False, inference_steps=None)  # T steps, as measured
         nets[name] = net.eval()
     c_in = nets["binary"].refiner.in_channels
     k = nets["binary"].num_classes
@@ -72,7 +73,7 @@ def bench_plan(plans_path: Path, configuration: str, batch_sizes, repeats: int, 
             for name, net in nets.items():
                 feats = net.segment(x).features
                 row[f"step_{name}_s"] = timeit(lambda: net.refiner(x, y, p, net.diffusion.num_steps, feats), repeats)
-                steps = net.num_inference_steps
+                steps = net.settings()["steps"]
                 row[f"implied_full_{name}_s"] = t_seg + steps * row[f"step_{name}_s"]
                 if full:
                     row[f"full_{name}_s"] = timeit(lambda: net(x), 1)

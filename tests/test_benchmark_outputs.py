@@ -432,8 +432,8 @@ def test_pooled_decision_is_made_before_collecting_and_the_test_set_follows_it(f
 
     hdir = trainer_dir(fake_env["results"], HIDIFF)
     for fold in (0, 1):
-        torch.save({"network_weights": {"inference_decision": torch.tensor([0, 0]),
-                                        "inference_gate": torch.tensor([500, 1000])}},
+        torch.save({"network_weights": {"_extra_state": {"format": 1, "trainer": HIDIFF, "config": {},
+                                                         "decision": {"refine": False}}}},
                    hdir / f"fold_{fold}" / "checkpoint_final.pth")
     store = TimingStore(fake_env["out"] / "timings.json")
     store.record(HIDIFF, 1, hdir / "fold_1", 3600.0)
@@ -449,7 +449,8 @@ def test_pooled_decision_is_made_before_collecting_and_the_test_set_follows_it(f
         assert record["refine"] and record["pooled"] == {"folds": ["fold_0", "fold_1"], "cases": 4}
         assert record["fold_decision"]["refine"] == DECISIONS[fold]["refine"]
         weights = torch.load(hdir / f"fold_{fold}" / "checkpoint_final.pth", weights_only=False)["network_weights"]
-        assert weights["inference_decision"].tolist() == [1, 0]  # refine at the network's default steps
+        stored = weights["_extra_state"]["decision"]  # refine at 2 steps, every setting named
+        assert (stored["refine"], stored["steps"], stored["combine"], stored["samples"]) == (True, 2, "none", 1)
         assert (json.loads((hdir / f"fold_{fold}" / "validation" / "summary.json").read_text())
                 == json.loads((hdir / f"fold_{fold}" / "validation_refined" / "summary.json").read_text()))
     md = (fake_env["out"] / "summary.md").read_text()

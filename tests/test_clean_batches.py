@@ -1,6 +1,5 @@
 """Refiner batches without augmentation (training/clean_batches.py, refiner_batches = "clean")."""
 import copy
-import types
 
 import numpy as np
 import pytest
@@ -97,10 +96,20 @@ def test_clean_step_reports_overflows_and_bad_clean_batches(nnunet_paths, monkey
 
 
 def test_unknown_choices_are_refused():
-    from nnunetv2_hidiff.training.common import check_choices
+    from nnunetv2_hidiff.networks.config import HiDiffConfig
+    from nnunetv2_hidiff.training.trainer import nnUNetTrainerHiDiff
 
-    check_choices(types.SimpleNamespace(segmentor_optimizer="sgd", refiner_batches="clean"))
-    with pytest.raises(RuntimeError, match="refiner_batches must be one of .*'clean'.*got 'raw'"):
-        check_choices(types.SimpleNamespace(segmentor_optimizer="sgd", refiner_batches="raw"))
-    with pytest.raises(RuntimeError, match="segmentor_optimizer must be one of"):
-        check_choices(types.SimpleNamespace(segmentor_optimizer="adam", refiner_batches="augmented"))
+    class Clean(nnUNetTrainerHiDiff):
+        refiner_batches = "clean"
+
+    class Raw(nnUNetTrainerHiDiff):
+        refiner_batches = "raw"
+
+    class Adam(nnUNetTrainerHiDiff):
+        segmentor_optimizer = "adam"
+
+    assert HiDiffConfig.from_attributes(Clean).refiner_batches == "clean"
+    with pytest.raises(RuntimeError, match="Raw: refiner_batches must be one of .*'clean'.*got 'raw'"):
+        HiDiffConfig.from_attributes(Raw)
+    with pytest.raises(RuntimeError, match="Adam: segmentor_optimizer must be one of"):
+        HiDiffConfig.from_attributes(Adam)

@@ -154,6 +154,24 @@ def test_binary_attention_forward_is_normalised_threshold_map():
     assert qb.grad is not None and qb.grad.abs().sum() > 0
 
 
+def test_binary_attention_row_whose_maximum_is_not_positive_attends_to_nothing():
+    """A query that disagrees with every key (its row maximum ≤ 0) gets a zero message, with and without grad;
+    a row with a positive maximum attends to its top keys."""
+    q = torch.ones(1, 1, 2, 4)
+    q[0, 0, 1] = -1  # row 1: every score is -2 (max ≤ 0)
+    k = torch.ones(1, 1, 3, 4)
+    v = torch.arange(12.0).view(1, 1, 3, 4)
+    with torch.no_grad():
+        out = CrossAttention.binary_attention(q, k, v)
+    torch.testing.assert_close(out[0, 0, 1], torch.zeros(4))
+    torch.testing.assert_close(out[0, 0, 0], v[0, 0].mean(0))  # all three keys tie at the maximum +2
+    torch.testing.assert_close(CrossAttention.binary_attention(q.requires_grad_(), k, v).detach(), out)
+    zero = torch.tensor([[[[1.0, -1, 1, -1]]]])  # scores exactly 0 against these keys: nothing attended either
+    keys = torch.tensor([[[[1.0, 1, -1, -1], [1.0, -1, -1, 1]]]])
+    with torch.no_grad():
+        torch.testing.assert_close(CrossAttention.binary_attention(zero, keys, keys), torch.zeros(1, 1, 1, 4))
+
+
 def test_xformer_is_bidirectional_and_non_square():
     torch.manual_seed(0)
     for binary in (True, False):

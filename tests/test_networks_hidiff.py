@@ -18,7 +18,8 @@ HIPPO_PLANS = PLANS / "Dataset901_Hippocampus_nnUNetPlans.json"
 HIPPO_DATASET = PLANS / "Dataset901_Hippocampus_dataset.json"
 DRIVE_PLANS = PLANS / "Dataset902_DRIVE_nnUNetPlans.json"
 
-TINY = dict(refiner_width=8, refiner_max_width=16)
+TINY = dict(refiner_width=8, refiner_max_width=16, prior_residual=False, inference_steps=None,  # T steps
+            packed_inference=False)
 
 
 def _synth_plans(strides, patch, features, conv_dim=2):
@@ -164,6 +165,7 @@ def test_train_forward_is_segmentor_output_and_eval_forward_drop_in():
     for a, b in zip(out, ref):
         assert a.shape == b.shape
     net.eval()
+    net.refine = True  # as a fold that decided to refine
     net.set_deep_supervision(False)  # what nnU-Net's predictor has (network built without DS)
     logits = net(x)
     seg_logits = net.segmentor(x)
@@ -178,7 +180,7 @@ def test_train_forward_is_segmentor_output_and_eval_forward_drop_in():
 def test_same_seed_same_output_and_seed_matters():
     net = _build(str(HIPPO_PLANS), ds=False)
     net.eval()
-    net.num_samples = 2
+    net.force(refine=True, samples=2)
     x = torch.randn(2, 1, 56, 40)
     a, b = net(x), net(x)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -187,7 +189,7 @@ def test_same_seed_same_output_and_seed_matters():
     net.seed = 0
     net.transition = "sample"  # an untrained refiner never crosses 0.5, so "threshold" keeps y_T
     a = net(x)
-    net.num_inference_steps = 3
+    net.steps = 3
     assert not torch.equal(a, net(x))
 
 
@@ -201,8 +203,7 @@ def test_eval_chain_with_identity_refiner_returns_log_of_prior_sample(transition
         net.refiner.head.weight.zero_()
         net.refiner.head.bias.fill_(-200.0)
     net.eval()
-    net.seed = 7
-    net.transition = transition
+    net.force(refine=True, seed=7, transition=transition)
     x = torch.randn(2, 1, 56, 40)
     out = net(x)
     with torch.no_grad():
@@ -218,114 +219,163 @@ def test_transition_setting_changes_the_chain_and_is_read_from_the_environment()
 
     net = _build(str(HIPPO_PLANS), ds=False)
     net.eval()
-    assert net.transition == "renoise"  # the default (README, "Sampler")
+    net.refine = True
+    assert net.settings()["transition"] == "renoise"  # the default (docs/method.md, "Sampler")
     x = torch.randn(2, 1, 56, 40)
     a = net(x)
     apply_inference_settings(net, {"nnUNet_HiDiff_transition": "sample", "nnUNet_HiDiff_steps": "4"})
-    assert net.transition == "sample" and net.num_inference_steps == 4
-    net.num_inference_steps = 10
+    assert net.transition == "sample" and net.steps == 4 and net.settings()["steps"] == 4
+    net.steps = 10
     assert not torch.equal(a, net(x))
     with pytest.raises(ValueError, match="nnUNet_HiDiff_transition='mean' must be one of"):
         apply_inference_settings(net, {"nnUNet_HiDiff_transition": "mean"})
 
 
 def test_state_dict_is_single_and_reloadable():
+    """segmentor.*, refiner.* and _extra_state (the configuration, the trainer, the decision) in one state dict."""
     net = _build(str(HIPPO_PLANS))
     sd = net.state_dict()
-    assert all(k.startswith(("segmentor.", "refiner.")) for k in sd if k not in ("inference_decision", "inference_gate"))
-    assert torch.equal(sd["inference_decision"], torch.tensor([1, 0]))
-    assert torch.equal(sd["inference_gate"], torch.tensor([500, 1000]))
+    assert all(k.startswith(("segmentor.", "refiner.")) for k in sd if k != "_extra_state")
+    assert sd["_extra_state"] == {"format": 1, "trainer": None, "config": net.config.to_dict(), "decision": None}
+    assert json.loads(json.dumps(sd["_extra_state"])) == sd["_extra_state"]  # plain data
     assert any(k.startswith("refiner.xformer.") for k in sd)
     other = _build(str(HIPPO_PLANS), ds=False)
     other.load_state_dict(sd)  # strict: deep supervision on/off share keys
     x = torch.randn(1, 1, 56, 40)
     net.eval()
     other.eval()
+    net.refine = other.refine = True
     net.segmentor.decoder.deep_supervision = False
     torch.testing.assert_close(net(x), other(x))
     assert not hasattr(copy.deepcopy(net).diffusion, "state_dict")
 
 
-def test_decision_travels_in_the_state_dict_and_forced_settings_win():
-    """The per-fold decision is a buffer: a strict load carries it, state dicts from before it existed still
-    load (refine with the default steps), and settings forced by the user override it."""
+def _refining(steps=3, combine="none", gate=None, **kw):
+    return {"refine": True, "steps": steps, "combine": combine, "gate": gate, "transition": "renoise", "samples": 1,
+            "seed": 0, **kw}
+
+
+def test_decision_travels_in_the_state_dict_and_forced_settings_win(capsys):
+    """The per-fold decision is in the state dict with every setting: a strict load carries it; a network without a
+    decision predicts the segmentor alone and says so once; settings forced by the user override the decision."""
     from nnunetv2_hidiff.training.inference_settings import apply_inference_settings
 
     net = _build(str(HIPPO_PLANS), ds=False)
     net.eval()
     x = torch.randn(1, 1, 56, 40)
-    old = {k: v for k, v in net.state_dict().items() if k not in ("inference_decision", "inference_gate")}
-    other = _build(str(HIPPO_PLANS), ds=False)
-    other.set_decision(False)
-    other.load_state_dict(old)  # strict, without the buffer
-    assert other.resolved_settings() == (True, 10) and other.inference_gate.tolist() == [500, 1000]
-    net.set_decision(False)
+    other = _build(str(HIPPO_PLANS), ds=False).eval()
+    other.load_state_dict(net.state_dict())  # no decision
+    assert other.decision is None and other.settings()["refine"] is False
+    torch.testing.assert_close(other(x), net.segmentor(x))
+    other(x)
+    assert capsys.readouterr().err.count("carries no refinement decision") == 1
+    net.set_decision({"refine": False})
     other.load_state_dict(net.state_dict())
-    other.eval()
-    assert other.resolved_settings() == (False, 10)
+    assert other.decision == {"refine": False, "steps": 0, "combine": "none", "gate": None, "transition": None,
+                              "samples": None, "seed": None}
     torch.testing.assert_close(other(x), net.segmentor(x))  # the segmentor alone, as decided
+    assert "carries no refinement decision" not in capsys.readouterr().err
     apply_inference_settings(other, {"nnUNet_HiDiff_refine": "1"})
-    assert other.resolved_settings() == (True, 10)
-    net.set_decision(True, 3)
+    assert other.settings()["refine"] and other.settings()["steps"] == 10  # the configuration's steps (here T)
+    net.set_decision(_refining(steps=3, samples=2, seed=5, transition="sample"))
     other.refine = None
     other.load_state_dict(net.state_dict())
-    assert other.resolved_settings() == (True, 3)
-    apply_inference_settings(other, {"nnUNet_HiDiff_steps": "5"})
-    assert other.resolved_settings() == (True, 5)
-    with pytest.raises(ValueError, match="steps"):
-        net.set_decision(True, 11)
+    assert {k: other.settings()[k] for k in ("refine", "steps", "samples", "seed", "transition")} == \
+        {"refine": True, "steps": 3, "samples": 2, "seed": 5, "transition": "sample"}
+    apply_inference_settings(other, {"nnUNet_HiDiff_steps": "5", "nnUNet_HiDiff_seed": "1"})
+    assert other.settings()["steps"] == 5 and other.settings()["seed"] == 1 and other.settings()["samples"] == 2
+    with pytest.raises(ValueError, match="steps must lie in 1..10"):
+        net.set_decision(_refining(steps=11))
+    with pytest.raises(ValueError, match="names every setting.*samples"):
+        net.set_decision({"refine": True, "steps": 2, "combine": "none", "transition": "renoise", "seed": 0})
+
+
+def test_legacy_decision_buffers_load_explicitly():
+    """State dicts written before 2026-12-07 carried buffers [mode, steps (0 = the network's default)]: they load
+    with the loading class's configuration; [1, 0] (never validated, or refine at the default) predicts the
+    segmentor alone; [2, 0] is new_components at the configuration's steps; [0, 0] the segmentor alone."""
+    net = _build(str(HIPPO_PLANS), ds=False, inference_steps=2)
+    weights = {k: v for k, v in net.state_dict().items() if k != "_extra_state"}
+    other = _build(str(HIPPO_PLANS), ds=False, inference_steps=2)
+    for buffer, expected in (([1, 0], None), ([0, 0], False), ([2, 0], (2, "new_components")),
+                             ([5, 4], (4, "gated"))):
+        other.load_state_dict({**weights, "inference_decision": torch.tensor(buffer),
+                               "inference_gate": torch.tensor([600, 900])})
+        if expected is None:
+            assert other.decision is None
+        elif expected is False:
+            assert other.decision["refine"] is False
+        else:
+            assert (other.decision["steps"], other.decision["combine"]) == expected
+            assert other.decision["transition"] == "renoise" and other.decision["samples"] == 1
+    assert other.decision["gate"] == [0.6, 0.9]
+
+
+def test_architecture_mismatch_at_load_names_the_field_and_the_fix():
+    """prior_residual adds no parameters: a checkpoint of one head loads into a network of the other only by its
+    stored configuration, which refuses it; non-architecture fields are taken from the checkpoint."""
+    from nnunetv2_hidiff.networks import HiDiffConfigurationError
+
+    residual = _build(str(HIPPO_PLANS), ds=False, prior_residual=True, inference_steps=3)
+    residual.trainer_name = "nnUNetTrainerA"
+    plain = _build(str(HIPPO_PLANS), ds=False, prior_residual=False)
+    plain.trainer_name = "nnUNetTrainerB"
+    with pytest.raises(HiDiffConfigurationError, match=r"prior_residual = True in the checkpoint \(nnUNetTrainerA\), "
+                                                       r"False in nnUNetTrainerB.*-tr nnUNetTrainerA"):
+        plain.load_state_dict(residual.state_dict())
+    steps_other = _build(str(HIPPO_PLANS), ds=False, prior_residual=True, inference_steps=7)
+    steps_other.load_state_dict(residual.state_dict())
+    assert steps_other.config.inference_steps == 3  # the stored configuration wins over the building class's
 
 
 def test_decision_to_combine_segmentor_and_new_refined_components():
-    """Mode 2 of the decision buffer: the segmentor's output plus the refined components it does not reach;
-    forcing refinement on gives the refined output alone, forcing combine gives the combination."""
+    """A decision that combines: the segmentor's output plus the refined components it does not reach (and union,
+    average, gated); forcing refinement on gives the refined output alone, forcing combine gives the combination."""
     from nnunetv2_hidiff.networks.combine import combine_new_components, combine_outputs
     from nnunetv2_hidiff.training.inference_settings import apply_inference_settings
 
     net = _build(str(HIPPO_PLANS), ds=False)
     net.eval()
     x = torch.randn(1, 1, 56, 40)
-    refined = net(x)  # default decision: refine
+    net.set_decision(_refining(steps=10))
+    refined = net(x)
     segmentor = net.segmentor(x)
-    net.set_decision(True, 0, "new_components")
-    assert net.inference_decision.tolist() == [2, 0] and net.resolved_combine() == "new_components"
+    net.set_decision(_refining(steps=10, combine="new_components"))
+    assert net.settings()["combine"] == "new_components"
     torch.testing.assert_close(net(x), combine_new_components(segmentor, refined))
     other = _build(str(HIPPO_PLANS), ds=False)
     other.load_state_dict(net.state_dict())
     other.eval()
     torch.testing.assert_close(other(x), net(x))
     apply_inference_settings(other, {"nnUNet_HiDiff_refine": "1"})  # forced refinement: the refined output alone
-    assert other.resolved_combine() == "none"
+    assert other.settings()["combine"] == "none"
     torch.testing.assert_close(other(x), refined)
     apply_inference_settings(other, {"nnUNet_HiDiff_combine": "new_components"})
     torch.testing.assert_close(other(x), net(x))
-    net.set_decision(True, 0, "union")
-    assert net.inference_decision.tolist() == [3, 0] and net.resolved_combine() == "union"
-    torch.testing.assert_close(net(x), combine_outputs(segmentor, refined, "union"))
-    net.set_decision(True, 0, "average")
-    assert net.inference_decision.tolist() == [4, 0] and net.resolved_combine() == "average"
-    torch.testing.assert_close(net(x), combine_outputs(segmentor, refined, "average"))
-    net.set_decision(True, 0, "gated", (0.6, 0.9))
-    assert net.inference_decision.tolist() == [5, 0] and net.inference_gate.tolist() == [600, 900]
-    assert net.resolved_combine() == "gated" and net.resolved_gate() == (0.6, 0.9)
+    for combine in ("union", "average"):
+        net.set_decision(_refining(steps=10, combine=combine))
+        assert net.settings()["combine"] == combine
+        torch.testing.assert_close(net(x), combine_outputs(segmentor, refined, combine))
+    net.set_decision(_refining(steps=10, combine="gated", gate=(0.6, 0.9)))
+    assert net.settings()["combine"] == "gated" and net.settings()["gate"] == (0.6, 0.9)
     torch.testing.assert_close(net(x), combine_outputs(segmentor, refined, "gated", (0.6, 0.9)))
     other.refine, other.combine = None, None
     other.load_state_dict(net.state_dict())  # the gate travels with the decision
     torch.testing.assert_close(other(x), net(x))
     apply_inference_settings(other, {"nnUNet_HiDiff_gate": "0.5,1"})  # a forced gate wins over the stored one
-    assert other.resolved_gate() == (0.5, 1.0)
+    assert other.settings()["gate"] == (0.5, 1.0)
     torch.testing.assert_close(other(x), combine_outputs(segmentor, refined, "gated", (0.5, 1.0)))
     with pytest.raises(ValueError, match="nnUNet_HiDiff_gate='0.5' must be two probabilities"):
         apply_inference_settings(other, {"nnUNet_HiDiff_gate": "0.5"})
     with pytest.raises(ValueError, match="needs a gate"):
-        net.set_decision(True, 0, "gated")
-    net.set_decision(False, 0, "new_components")  # no refinement: nothing to combine
-    assert net.inference_decision.tolist() == [0, 0]
+        net.set_decision(_refining(combine="gated"))
+    net.set_decision({"refine": False, "combine": "new_components"})  # no refinement: nothing to combine
+    assert net.decision["combine"] == "none"
     torch.testing.assert_close(net(x), segmentor)
     with pytest.raises(ValueError, match="nnUNet_HiDiff_combine='all' must be one of"):
         apply_inference_settings(net, {"nnUNet_HiDiff_combine": "all"})
     with pytest.raises(ValueError, match="combine must be one of"):
-        net.set_decision(True, 0, "all")
+        net.set_decision(_refining(combine="all"))
 
 
 def test_factory_signature_matches_nnunet_trainer():
@@ -335,12 +385,13 @@ def test_factory_signature_matches_nnunet_trainer():
     theirs = list(inspect.signature(nnUNetTrainer.build_network_architecture).parameters.values())
     assert [p.name for p in ours[:len(theirs)]] == [p.name for p in theirs]
     assert ours[len(theirs) - 1].default == theirs[-1].default
-    assert all(p.kind == p.KEYWORD_ONLY for p in ours[len(theirs):])
+    assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in ours[len(theirs):])
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     pm = PlansManager(str(HIPPO_PLANS))
-    net = build_hidiff_network(pm, pm.get_configuration("2d"), 1, 3, False, num_diffusion_steps=4, **TINY)
-    assert isinstance(net, HiDiffNetwork) and net.num_inference_steps == 4 and net.num_classes == 3
+    net = build_hidiff_network(pm, pm.get_configuration("2d"), 1, 3, False, num_diffusion_steps=4,
+                               decision_extra_steps=(1, 2), **TINY)
+    assert isinstance(net, HiDiffNetwork) and net.config.default_steps == 4 and net.num_classes == 3
     # the segmentor is the plan's network, as nnU-Net builds it
     assert type(net.segmentor).__name__ == "PlainConvUNet"
     assert net.segmentor.encoder.output_channels == [32, 64, 128, 256]
@@ -374,7 +425,8 @@ def test_accounting_binary_storage_at_most_one_eighth_of_real_hippocampus_2d():
     plans = json.loads(HIPPO_PLANS.read_text())
     reports = {}
     for binary in (True, False):
-        net = build_hidiff_network_from_plans(plans, "2d", 1, 3, enable_deep_supervision=False, binary=binary)
+        net = build_hidiff_network_from_plans(plans, "2d", 1, 3, enable_deep_supervision=False, binary=binary,
+                                              refiner_width=32, prior_residual=False)  # the paper's (Table XI)
         reports[binary] = account(net, [56, 40], 1)
         n_params = sum(p.numel() for p in net.refiner.parameters())
         assert reports[binary]["refiner"]["storage_mb_real"] == pytest.approx(4 * n_params / 2 ** 20)
@@ -454,15 +506,14 @@ def test_cached_batched_chain_equals_the_straightforward_chain(binary, k, sample
         net.refiner.head.bias.fill_(-1.0)
         net.refiner.head.weight.normal_(0, 0.3)
     net.eval()
-    net.num_samples = samples
-    net.num_inference_steps = 4
+    net.force(refine=True, samples=samples, steps=4)
     x = torch.randn(2, 1, 56, 40)  # non-square
     with torch.no_grad():
         seg = net.segment(x)
         prior = net.prior_from_logits(seg.logits)
         fast = net.refine_prior(x, prior, seg.features)
         sampler = BernoulliDDIMSampler(net.diffusion, num_inference_steps=4)
-        g = torch.Generator().manual_seed(net.seed)
+        g = torch.Generator().manual_seed(net.settings()["seed"])
         rep = lambda v: torch.cat([v] * samples)  # noqa: E731
         xs, ps, fs = rep(x), rep(prior), [rep(f) for f in seg.features]
         y = sampler.initial_sample(ps, generator=g)
@@ -493,6 +544,7 @@ def test_refinement_noise_is_drawn_on_the_cpu_whatever_the_device(monkeypatch):
         (generator.device.type, like.device.type)) or original(like, generator))
     net = _build(str(HIPPO_PLANS), ds=False)
     net.eval()
+    net.refine = True
     for transition in ("renoise", "sample"):
         net.transition = transition
         with torch.no_grad():

@@ -170,7 +170,7 @@ def test_network_switch_and_environment_variable(tiny_hidiff_network):
     apply_inference_settings(net, {"nnUNet_HiDiff_packed": "1"})
     assert net.packed
     x = torch.randn(2, 1, 56, 40, generator=torch.Generator().manual_seed(3))
-    net.refine, net.num_inference_steps, net.steps_forced = True, 1, True
+    net.refine, net.steps = True, 1
     with torch.no_grad():
         fast = net(x)
         net.packed = False
@@ -190,7 +190,8 @@ def tiny_hidiff_network():
     torch.manual_seed(0)
     plans = Path(__file__).parent / "data" / "plans" / "Dataset901_Hippocampus_nnUNetPlans.json"
     net = build_hidiff_network_from_plans(str(plans), "2d", 1, 3, enable_deep_supervision=False, binary=True,
-                                          refiner_width=8, refiner_max_width=16)
+                                          refiner_width=8, refiner_max_width=16, prior_residual=False,
+                                          packed_inference=False)
     with torch.no_grad():
         for m in net.refiner.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

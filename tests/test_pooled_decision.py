@@ -42,8 +42,9 @@ def _fold(root, k, cases_by_output, own):
                 "checkpoint": "checkpoint_final.pth", "candidates": []}
     (fold / "hidiff_fold.json").write_text(json.dumps({"kind": "hidiff", "validation": validation,
                                                        "decision": decision}))
-    torch.save({"network_weights": {"w": torch.ones(2), "inference_decision": torch.tensor([0, 0]),
-                                    "inference_gate": torch.tensor([500, 1000])}}, fold / "checkpoint_final.pth")
+    state = {"format": 1, "trainer": "nnUNetTrainerHiDiff", "decision": {"refine": False},
+             "config": {"inference_transition": "renoise", "inference_samples": 1, "inference_seed": 0}}
+    torch.save({"network_weights": {"w": torch.ones(2), "_extra_state": state}}, fold / "checkpoint_final.pth")
     return fold
 
 
@@ -65,9 +66,10 @@ def model(tmp_path):
     return tmp_path
 
 
-def _buffers(fold):
+def _stored(fold):
+    """(the decision stored in the fold's checkpoint, its weight w)."""
     weights = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
-    return weights["inference_decision"].tolist(), weights["inference_gate"].tolist(), weights["w"].tolist()
+    return weights["_extra_state"]["decision"], weights["w"].tolist()
 
 
 def test_pooled_score_is_nnunet_foreground_mean_over_all_cases():
@@ -85,8 +87,9 @@ def test_pooled_decision_is_written_into_every_fold(model, capsys):
         fold = model / f"fold_{k}"
         assert (fold / "validation" / "which.txt").read_text() == "union"
         assert (fold / "validation" / "summary.json").read_text() == (fold / "validation_union" / "summary.json").read_text()
-        decision, gate, w = _buffers(fold)
-        assert decision == [3, 0] and gate == [500, 1000] and w == [1.0, 1.0]  # union at the default steps
+        decision, w = _stored(fold)
+        assert decision == {"refine": True, "steps": 1, "combine": "union", "gate": None, "transition": "renoise",
+                            "samples": 1, "seed": 0} and w == [1.0, 1.0]  # every setting explicit
         record = read_fold_record(fold)["decision"]
         assert (record["refine"], record["steps"], record["combine"]) == (True, 1, "union")
         assert record["pooled"] == {"folds": ["fold_0", "fold_1"], "cases": 3}
@@ -100,7 +103,7 @@ def test_pooled_decision_is_written_into_every_fold(model, capsys):
     for k, own_refines in ((0, True), (1, False)):
         fold = model / f"fold_{k}"
         assert (fold / "validation" / "which.txt").read_text() == "segmentor"
-        assert _buffers(fold)[0] == [0, 0]
+        assert _stored(fold)[0]["refine"] is False
         record = read_fold_record(fold)["decision"]
         assert not record["refine"] and record["fold_decision"]["refine"] == own_refines
 
@@ -117,12 +120,13 @@ def test_gated_decision_stores_its_gate_and_steps(model):
     for k in (0, 1):
         fold = model / f"fold_{k}"
         assert (fold / "validation" / "which.txt").read_text() == "gated_a800_r800_2steps"
-        assert _buffers(fold)[:2] == ([5, 2], [800, 800])
+        decision = _stored(fold)[0]
+        assert (decision["steps"], decision["combine"], decision["gate"]) == (2, "gated", [0.8, 0.8])
         assert read_fold_record(fold)["decision"]["gate"] == [0.8, 0.8]
 
 
 def test_bad_folds_are_refused_before_anything_is_written(model, capsys):
-    before = {k: ((model / f"fold_{k}" / "hidiff_fold.json").read_text(), _buffers(model / f"fold_{k}"))
+    before = {k: ((model / f"fold_{k}" / "hidiff_fold.json").read_text(), _stored(model / f"fold_{k}"))
               for k in (0, 1)}
     bad = model / "fold_1" / "validation_union" / "summary.json"
     bad.write_text("{not json")
@@ -138,7 +142,7 @@ def test_bad_folds_are_refused_before_anything_is_written(model, capsys):
         decide_main(["-i", str(model), "-f", "0", "7"])
     assert "fold_7" in str(e.value)
     assert (model / "fold_0" / "hidiff_fold.json").read_text() == before[0][0]
-    assert _buffers(model / "fold_0") == before[0][1]
+    assert _stored(model / "fold_0") == before[0][1]
     assert (model / "fold_0" / "validation" / "which.txt").read_text() == "union"
 
 
@@ -148,7 +152,7 @@ def test_dry_run_writes_nothing(model, capsys):
     assert "Pooled decision: refine" in capsys.readouterr().out
     assert (model / "fold_1" / "hidiff_fold.json").read_text() == record
     assert (model / "fold_1" / "validation" / "which.txt").read_text() == "segmentor"
-    assert _buffers(model / "fold_1")[0] == [0, 0]
+    assert _stored(model / "fold_1")[0] == {"refine": False}
 
 
 def test_a_decision_already_carried_is_not_written_again_and_the_trained_checkpoint_is_remembered(model, capsys):

@@ -86,31 +86,40 @@ def test_validation_keeps_both_outputs_and_stores_the_decision(trained):
     # and gated
     assert len(decision["candidates"]) == 9
     assert ("gate" in decision) == (decision["refine"] and decision["combine"] == "gated")
-    weights = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
-    stored_steps = decision["steps"] if decision["steps"] != 2 else 0  # 0 = the network's default steps
-    assert weights["inference_decision"].tolist() == [_mode(decision), stored_steps]
-    gate = [round(g * 1000) for g in decision["gate"]] if "gate" in decision else [500, 1000]
-    assert weights["inference_gate"].tolist() == gate
+    stored = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]["_extra_state"]
+    assert _same_output(stored["decision"], decision)
+    assert stored["decision"]["samples"] == 1 and stored["decision"]["transition"] == "renoise"
+    assert stored["config"]["refiner_width"] == 8 and stored["trainer"] == HIDIFF
 
 
-def _mode(decision: dict) -> int:
-    """The first entry of HiDiffNetwork.inference_decision for a fold record's decision."""
-    return 0 if not decision["refine"] else {"none": 1, "new_components": 2, "union": 3,
-                                             "average": 4, "gated": 5}[decision["combine"]]
+def _same_output(stored: dict, decision: dict) -> bool:
+    """A decision stored in a checkpoint names the output the fold record's decision names."""
+    from nnunetv2_hidiff.training.fold_record import output_key
+
+    return output_key(stored) == output_key(decision) and (not decision["refine"] or all(
+        stored[k] is not None for k in ("steps", "transition", "samples", "seed")))
 
 
-# decided mode (HiDiffNetwork.inference_decision[0]), the environment that forces it, one that forces another output
-DECISION_MODES = [(0, {"nnUNet_HiDiff_refine": "0"}, {"nnUNet_HiDiff_refine": "1"}),
-                  (1, {"nnUNet_HiDiff_refine": "1"}, {"nnUNet_HiDiff_refine": "0"}),
-                  (2, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "new_components"},
+def _decision(combine=None, gate=None):
+    """A stored decision: the segmentor alone (combine None), else refinement at the smoke trainer's 2 steps."""
+    if combine is None:
+        return {"refine": False}
+    return {"refine": True, "steps": 2, "combine": combine, "gate": gate, "transition": "renoise", "samples": 1,
+            "seed": 0}
+
+
+# a stored decision, the environment that forces the same output, one that forces another output
+DECISION_MODES = [(_decision(), {"nnUNet_HiDiff_refine": "0"}, {"nnUNet_HiDiff_refine": "1"}),
+                  (_decision("none"), {"nnUNet_HiDiff_refine": "1"}, {"nnUNet_HiDiff_refine": "0"}),
+                  (_decision("new_components"), {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "new_components"},
                    {"nnUNet_HiDiff_refine": "1"}),
-                  (3, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "union"},
+                  (_decision("union"), {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "union"},
                    {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "new_components"}),
-                  (4, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "average"},
+                  (_decision("average"), {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "average"},
                    {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "union"}),
-                  # the test stores gate (0, 0) with mode 5: every refined label that differs, on the segmentor's
-                  # probabilities where both agree
-                  (5, {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "gated", "nnUNet_HiDiff_gate": "0,0"},
+                  # gate (0, 0): every refined label that differs, on the segmentor's probabilities where both agree
+                  (_decision("gated", [0, 0]), {"nnUNet_HiDiff_refine": "1", "nnUNet_HiDiff_combine": "gated",
+                                                "nnUNet_HiDiff_gate": "0,0"},
                    {"nnUNet_HiDiff_refine": "1"})]
 
 
@@ -133,7 +142,7 @@ def forced_predictions(trained, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("forced")
     model = tmp / "model"
     shutil.copytree(root / "results" / "Dataset990_Tiny" / TRAINER_DIR, model)
-    write_decision_into_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"), torch.tensor([0, 0]))
+    write_decision_into_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"), _decision())
     images = root / "raw" / "Dataset990_Tiny" / "imagesTs"
     settings = {json.dumps(forced, sort_keys=True): forced for _, forced, _ in DECISION_MODES}
     outputs = {key: tmp / f"forced_{i}" for i, key in enumerate(settings)}
@@ -143,8 +152,8 @@ def forced_predictions(trained, tmp_path_factory):
     return lambda setting: outputs[json.dumps(setting, sort_keys=True)]
 
 
-@pytest.mark.parametrize("mode,forced,other", DECISION_MODES)
-def test_prediction_follows_the_stored_decision_unless_forced(trained, forced_predictions, tmp_path, mode, forced,
+@pytest.mark.parametrize("decision,forced,other", DECISION_MODES)
+def test_prediction_follows_the_stored_decision_unless_forced(trained, forced_predictions, tmp_path, decision, forced,
                                                               other):
     """A fold whose checkpoint says "segmentor alone" (or "refine", or "segmentor + new refined components")
     predicts exactly what the forced setting predicts; forcing another setting changes the output."""
@@ -155,8 +164,7 @@ def test_prediction_follows_the_stored_decision_unless_forced(trained, forced_pr
     root, env, _ = trained
     model = tmp_path / "model"
     shutil.copytree(root / "results" / "Dataset990_Tiny" / TRAINER_DIR, model)
-    write_decision_into_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"), torch.tensor([mode, 0]),
-                                   torch.tensor([0, 0]) if mode == 5 else None)
+    write_decision_into_checkpoint(str(model / "fold_0" / "checkpoint_final.pth"), decision)
     _predict_decisions_cli(model, root / "raw" / "Dataset990_Tiny" / "imagesTs", tmp_path / "decided", env)
     npzs = sorted((tmp_path / "decided").glob("*.npz"))
     assert npzs
@@ -182,9 +190,9 @@ def test_export_writes_a_small_prediction_only_fold_that_predicts_like_the_origi
     slim = torch.load(out / "fold_0" / "checkpoint_final.pth", weights_only=False)
     assert set(slim) == {"trainer_name", "init_args", "inference_allowed_mirroring_axes", "network_weights",
                          "exported_by"}
-    assert slim["network_weights"]["inference_decision"].tolist() == \
-        original["network_weights"]["inference_decision"].tolist()
-    assert all(v.dtype == torch.float16 for v in slim["network_weights"].values() if torch.is_floating_point(v))
+    assert slim["network_weights"]["_extra_state"] == original["network_weights"]["_extra_state"]
+    assert all(v.dtype == torch.float16 for v in slim["network_weights"].values()
+               if torch.is_tensor(v) and torch.is_floating_point(v))
     assert (out / "fold_0" / "checkpoint_final.pth").stat().st_size < \
         (model / "fold_0" / "checkpoint_final.pth").stat().st_size / 3
     assert (out / "plans.json").is_file() and (out / "fold_0" / "hidiff_fold.json").is_file()
@@ -348,27 +356,28 @@ def test_val_with_best_checkpoint_and_npz(trained, tmp_path):
     record = json.loads((fold / "hidiff_fold.json").read_text())
     best = torch.load(fold / "checkpoint_best.pth", weights_only=False)["network_weights"]
     decision = record["decision"]
-    stored = decision["steps"] if decision["steps"] != 2 else 0
-    assert best["inference_decision"].tolist() == [_mode(decision), stored]
+    assert _same_output(best["_extra_state"]["decision"], decision)
     assert decision["checkpoint"] == "checkpoint_best.pth"
     final_after = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
-    assert all(torch.equal(final_before[k], final_after[k]) for k in final_before)  # not rewritten
+    tensors = [k for k in final_before if torch.is_tensor(final_before[k])]
+    assert all(torch.equal(final_before[k], final_after[k]) for k in tensors)  # the same weights, now undecided
+    assert final_after["_extra_state"]["decision"] is None
     # the pooled decision of this one fold, on a copy whose checkpoint_best.pth holds another decision
     from nnunetv2_hidiff.cli.decide import main as decide_main
 
     copy = tmp_path / "model" / "fold_0"
     shutil.copytree(fold, copy)
     checkpoint = torch.load(copy / "checkpoint_best.pth", weights_only=False)
-    checkpoint["network_weights"]["inference_decision"] = torch.tensor([1, 7])
+    checkpoint["network_weights"]["_extra_state"]["decision"] = {**_decision("none"), "steps": 7}
     torch.save(checkpoint, copy / "checkpoint_best.pth")
     decide_main(["-i", str(copy.parent), "-f", "0", "--min-dice-gain", "-1"])
     pooled = json.loads((copy / "hidiff_fold.json").read_text())["decision"]
     assert pooled["pooled"]["folds"] == ["fold_0"] and pooled["checkpoint"] == "checkpoint_best.pth"
-    stored = pooled["steps"] if pooled["steps"] != 2 else 0
     written = torch.load(copy / "checkpoint_best.pth", weights_only=False)["network_weights"]
-    assert written["inference_decision"].tolist() == [_mode(pooled), stored]
+    assert _same_output(written["_extra_state"]["decision"], pooled)
     untouched = torch.load(copy / "checkpoint_final.pth", weights_only=False)["network_weights"]
-    assert all(torch.equal(final_before[k], untouched[k]) for k in final_before)
+    assert all(torch.equal(final_before[k], untouched[k]) for k in tensors)
+    assert untouched["_extra_state"]["decision"] is None
     for name in ("validation", "validation_segmentor", "validation_refined"):
         npz = sorted((fold / name).glob("*.npz"))
         assert npz and all(np.load(f)["probabilities"].shape[0] == 3 for f in npz), name

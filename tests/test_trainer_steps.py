@@ -60,7 +60,7 @@ def test_checkpoint_resume_gives_identical_next_step(trainer, nnunet_paths, tmp_
     for key in ("loss", "refiner_loss", "refiner_kl", "refiner_focal"):
         assert got[key] == expected[key], key
     for a, b in zip(trainer.hidiff.state_dict().values(), resumed.hidiff.state_dict().values()):
-        assert torch.equal(a, b)
+        assert torch.equal(a, b) if torch.is_tensor(a) else a == b
     assert resumed.current_epoch == 1
 
 
@@ -523,6 +523,8 @@ def test_compiled_network_writes_clean_checkpoints_that_load_strictly(nnunet_pat
     other.load_checkpoint(saved)
     loaded = other.hidiff.state_dict()
     for k, v in fresh.state_dict().items():  # network_weights carry the EMA refiner, --c restores the raw one
+        if not torch.is_tensor(v):
+            continue
         expected = saved["hidiff"]["refiner_weights"][k[len("refiner."):]] if k.startswith("refiner.") else v
         assert torch.equal(loaded[k], expected), k
 

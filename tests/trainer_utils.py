@@ -29,8 +29,8 @@ def make_batch(trainer, seed: int = 0, batch_size: int = 2) -> dict:
 
 
 def snapshot(module: torch.nn.Module) -> dict:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if torch.is_tensor(v)}
 
 
 def changed(before: dict, module: torch.nn.Module) -> set:
-    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
+    return {k for k, v in module.state_dict().items() if torch.is_tensor(v) and not torch.equal(before[k], v)}

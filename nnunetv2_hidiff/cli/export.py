@@ -55,7 +55,7 @@ def slim_checkpoint(checkpoint: dict, half: bool = True, network=None) -> dict:
             keep = not (half and torch.is_floating_point(v)) or k.endswith(".weight_scale")
             converted[key] = (v if keep else v.half()).detach().clone()
         return converted[key]
-    out["network_weights"] = {k: slim(k, v) for k, v in weights.items()}
+    out["network_weights"] = {k: slim(k, v) if torch.is_tensor(v) else v for k, v in weights.items()}  # _extra_state
     out["exported_by"] = "nnunetv2_hidiff_export" + (" (float16 weights)" if half else "") + \
         (" (1-bit binary layers)" if network is not None else "")
     return out

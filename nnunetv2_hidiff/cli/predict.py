@@ -6,12 +6,18 @@ Everything after the HiDiff options (an optional ``--`` separates them) is passe
 ``nnUNetv2_predict`` unchanged. The options become the nnUNet_HiDiff_* environment variables that the
 HiDiff trainers read when nnU-Net's predictor builds the network (see
 nnunetv2_hidiff.training.inference_settings), so plain ``nnUNetv2_predict`` honours them as well.
+
+Before nnU-Net starts, the input folder is checked against the model's dataset.json and plans.json
+(nnunetv2_hidiff.cli.input_check): every bad file is named with its problem on one line and nothing is predicted
+(exit status 2), or with --skip-bad-inputs the cases with a bad file are left out and the others predicted.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 
 from nnunetv2_hidiff.training.inference_settings import (COMBINES, ENV_COMBINE, ENV_GATE, ENV_REFINE, ENV_SAMPLES,
                                                          ENV_SEED, ENV_STEPS, ENV_TRANSITION, TRANSITIONS, parse_gate)
@@ -38,9 +44,15 @@ def parse(argv):
     parser.add_argument("--gate", metavar="ADD,REMOVE",
                         help="gate of --combine gated: the refined probability an addition (segmentor background) "
                              "and a removal must exceed, e.g. 0.5,0.8 (default: the gate stored with the decision)")
+    parser.add_argument("--skip-bad-inputs", action="store_true",
+                        help="skip the input cases with a bad file and predict the others (default: name the bad "
+                             "files and predict nothing)")
     args, rest = parser.parse_known_args(argv)
     if rest and rest[0] == "--":
         rest = rest[1:]
+    if "--skip-bad-inputs" in rest:  # also after "--": nnU-Net has no such option
+        args.skip_bad_inputs = True
+        rest = [a for a in rest if a != "--skip-bad-inputs"]
     for name, value in (("--steps", args.steps), ("--samples", args.samples)):
         if value is not None and value < 1:
             parser.error(f"{name} must be at least 1, got {value}")
@@ -62,8 +74,92 @@ def main(argv=None) -> None:
         os.environ[ENV_REFINE] = "1" if args.refine else "0"
     from nnunetv2.inference.predict_from_raw_data import predict_entry_point
 
-    sys.argv = ["nnUNetv2_predict"] + rest
-    predict_entry_point()
+    good_inputs = checked_inputs(rest, args.skip_bad_inputs)
+    try:
+        sys.argv = ["nnUNetv2_predict"] + rest + (["-i", good_inputs] if good_inputs else [])  # the last -i counts
+        predict_entry_point()
+    finally:
+        if good_inputs:
+            shutil.rmtree(good_inputs, ignore_errors=True)
+
+
+class _NotParsed(Exception):
+    pass
+
+
+class _QuietParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _NotParsed(message)
+
+
+def nnunet_arguments(rest):
+    """nnUNetv2_predict's -i, -o, -d, -c, -p, -tr in ``rest`` (its defaults for -p and -tr), or None where nnU-Net
+    would not run (help, missing or malformed arguments: its own parser then says so). nnU-Net's other one-dash
+    options are declared too, so that argparse does not read e.g. -device as -d evice or -chk as -c hk."""
+    if "-h" in rest or "--help" in rest:
+        return None
+    parser = _QuietParser(add_help=False)
+    for name in ("-i", "-o", "-d", "-c"):
+        parser.add_argument(name)
+    parser.add_argument("-p", default="nnUNetPlans")
+    parser.add_argument("-tr", default="nnUNetTrainer")
+    parser.add_argument("-f", nargs="+")
+    for name in ("-step_size", "-chk", "-npp", "-nps", "-prev_stage_predictions", "-num_parts", "-part_id",
+                 "-device"):
+        parser.add_argument(name)
+    try:
+        known, _ = parser.parse_known_args(rest)
+    except _NotParsed:
+        return None
+    if None in (known.i, known.o, known.d, known.c):
+        return None
+    return known
+
+
+def checked_inputs(rest, skip_bad_inputs: bool):
+    """Check nnUNetv2_predict's input folder (see nnunetv2_hidiff.cli.input_check). Bad files: one line each on
+    stderr, then exit status 2, or with ``skip_bad_inputs`` a temporary folder linking the good cases' files, which
+    is returned (None: predict the input folder as it is)."""
+    known = nnunet_arguments(rest)
+    if known is None:
+        return None
+    from nnunetv2_hidiff.cli.input_check import check_model_inputs
+
+    check = check_model_inputs(known.i, known.d, known.tr, known.p, known.c)
+    if check is None:  # no such model: nnU-Net's own error follows
+        return None
+    for path, reason in check.warnings:
+        print(f"{path}: warning: {reason}", file=sys.stderr)
+    for path, reason in check.problems:
+        print(f"{path}: {reason}", file=sys.stderr)
+    if not check.problems:
+        return None
+    n_files = len({path for path, _ in check.problems})
+    if not check.good_cases:
+        print(f"nnunetv2_hidiff_predict: {n_files} bad input file(s) and no good case in {known.i}, nothing "
+              f"predicted.", file=sys.stderr)
+        sys.exit(2)
+    if not skip_bad_inputs:
+        print(f"nnunetv2_hidiff_predict: {n_files} bad input file(s) in {known.i}, nothing predicted. Fix or remove "
+              f"them, or add --skip-bad-inputs to predict the other {len(check.good_cases)} case(s).",
+              file=sys.stderr)
+        sys.exit(2)
+    folder = tempfile.mkdtemp(prefix="nnunetv2_hidiff_inputs_")
+    try:
+        for files in check.good_cases.values():
+            for f in files:
+                target = os.path.join(folder, os.path.basename(f))
+                try:
+                    os.symlink(os.path.abspath(f), target)
+                except OSError:
+                    shutil.copy2(f, target)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    print(f"nnunetv2_hidiff_predict: --skip-bad-inputs: leaving out {len(check.bad_cases)} case(s) with a bad file "
+          f"({', '.join(check.bad_cases) or 'badly named files only'}), predicting the other "
+          f"{len(check.good_cases)}.", file=sys.stderr)
+    return folder
 
 
 if __name__ == "__main__":

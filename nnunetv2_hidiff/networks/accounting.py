@@ -24,6 +24,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from .config import HiDiffConfig
 from .xformer import CrossAttention
 
 __all__ = ["account", "module_storage_bits", "count_macs", "main", "run", "BOPS_PER_FLOP"]
@@ -134,7 +135,7 @@ def account(network, patch_size: Sequence[int], num_input_channels: int) -> dict
     binary_params = sum(m.weight.numel() for m in ref.modules() if getattr(m, "is_binary", False))
     seg_flops = seg_ops["real_macs"] + seg_ops["binary_macs"] / BOPS_PER_FLOP
     step_flops = ref_ops["real_macs"] + ref_ops["binary_macs"] / BOPS_PER_FLOP
-    steps = int(getattr(network, "num_inference_steps", network.diffusion.num_steps))
+    steps = int(network.settings()["steps"]) if hasattr(network, "settings") else network.diffusion.num_steps
     return {
         "patch_size": [int(v) for v in patch_size],
         "segmentor": {
@@ -191,10 +192,14 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("-p", "--plans-identifier", default="nnUNetPlans")
     parser.add_argument("-c", "--configuration", default="2d")
     parser.add_argument("--patch-size", type=int, nargs="+", help="default: the plan's patch size")
-    parser.add_argument("--width", type=int, default=32, help="refiner base width")
-    parser.add_argument("--max-width", type=int, default=256, help="refiner maximum width")
+    default = HiDiffConfig()  # nnUNetTrainerHiDiff's configuration
+    parser.add_argument("--width", type=int, default=default.refiner_width,
+                        help=f"refiner base width (default {default.refiner_width}, nnUNetTrainerHiDiff's; the "
+                             f"paper's: 32)")
+    parser.add_argument("--max-width", type=int, default=default.refiner_max_width, help="refiner maximum width")
     parser.add_argument("--no-xformer", action="store_true")
-    parser.add_argument("--steps", type=int, default=10, help="diffusion steps T")
+    parser.add_argument("--steps", type=int, default=default.num_diffusion_steps,
+                        help="diffusion steps T (the total counts T refinement steps)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
 
@@ -212,7 +217,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
         net = build_hidiff_network_from_plans(
             plans, args.configuration, c_in, None, dataset_json=dataset_json, enable_deep_supervision=False,
             binary=binary, use_xformer=not args.no_xformer, refiner_width=args.width,
-            refiner_max_width=args.max_width, num_diffusion_steps=args.steps)
+            refiner_max_width=args.max_width, num_diffusion_steps=args.steps, inference_steps=None)
         results[name] = account(net, patch, c_in)
     if args.json:
         print(json.dumps(results, indent=1))

@@ -1,11 +1,13 @@
 """Factories building a :class:`HiDiffNetwork` from nnU-Net plans (no dataset folders needed)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Optional, Union
 
 from torch import nn
 
+from .config import HiDiffConfig
 from .hidiff_network import HiDiffNetwork
 from .refiner import HiDiffRefiner
 
@@ -37,37 +39,47 @@ def conv_dim_of(segmentor: nn.Module) -> int:
     return dims[conv_op]
 
 
+OPTION_ALIASES = {"binary": "binary_refiner", "schedule": "noise_schedule", "blocks_per_stage": "refiner_blocks_per_stage"}
+
+
 def build_hidiff_network(plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
-                         enable_deep_supervision: bool = True, *, binary: bool = True, use_xformer: bool = True,
-                         refiner_width: int = 32, refiner_max_width: int = 256, num_diffusion_steps: int = 10,
-                         schedule: str = "cosine", blocks_per_stage: int = 1, prior_residual: bool = False,
-                         segmentor: Optional[nn.Module] = None) -> HiDiffNetwork:
+                         enable_deep_supervision: bool = True, *, config: Optional[HiDiffConfig] = None,
+                         segmentor: Optional[nn.Module] = None, trainer_name: Optional[str] = None,
+                         **options) -> HiDiffNetwork:
     """Build segmentor + refiner + diffusion from a PlansManager/ConfigurationManager.
 
     The first five arguments are exactly those of nnUNetTrainer.build_network_architecture in
-    nnunetv2 2.8.1, so a trainer can return this directly. HiDiff options are keyword-only:
-    binary (BBDM) or real refiner, X-Former on/off, refiner widths, number of diffusion steps T,
-    noise schedule ("cosine", s = 0.008), RefinerBlocks per stage, a refiner head that is a residual on the prior's
-    Bayes posterior (``prior_residual``, see HiDiffRefiner). Pass ``segmentor`` to wrap an
-    already-built segmentor (it must expose .encoder → skips and .decoder(skips)); otherwise the
-    plan's network is built with :func:`build_segmentor`.
+    nnunetv2 2.8.1, so a trainer can return this directly. The HiDiff configuration is ``config`` (a
+    :class:`HiDiffConfig`; default: its defaults, which are nnUNetTrainerHiDiff's), with ``options`` replacing
+    fields of it by name (``binary``, ``schedule`` and ``blocks_per_stage`` are accepted for ``binary_refiner``,
+    ``noise_schedule`` and ``refiner_blocks_per_stage``). Pass ``segmentor`` to wrap an already-built segmentor (it
+    must expose .encoder → skips and .decoder(skips)); otherwise the plan's network is built with
+    :func:`build_segmentor`. ``trainer_name`` is stored with the weights (it names the fix when a checkpoint of
+    another architecture is loaded).
 
     The refiner mirrors the segmentor's encoder: its stages, strides (encoder.strides) and the
     channels of the fused skips (encoder.output_channels) are read from the built segmentor.
     """
     from nnunetv2_hidiff.diffusion import BernoulliDiffusion
 
+    config = config if config is not None else HiDiffConfig()
+    if options:
+        config = dataclasses.replace(config, **{OPTION_ALIASES.get(k, k): v for k, v in options.items()})
     if segmentor is None:
         segmentor = build_segmentor(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                     enable_deep_supervision)
     encoder = segmentor.encoder
-    diffusion = BernoulliDiffusion(num_steps=num_diffusion_steps, schedule=schedule, s=0.008)
+    diffusion = BernoulliDiffusion(num_steps=config.num_diffusion_steps, schedule=config.noise_schedule, s=0.008)
     refiner = HiDiffRefiner(
         dim=conv_dim_of(segmentor), in_channels=num_input_channels, num_classes=num_output_channels,
-        strides=encoder.strides, seg_channels=encoder.output_channels, width=refiner_width,
-        max_width=refiner_max_width, binary=binary, use_xformer=use_xformer, blocks_per_stage=blocks_per_stage,
-        prior_residual_alpha_bars=diffusion.alpha_bars.tolist() if prior_residual else None)
-    return HiDiffNetwork(segmentor, refiner, diffusion, num_classes=num_output_channels)
+        strides=encoder.strides, seg_channels=encoder.output_channels, width=config.refiner_width,
+        max_width=config.refiner_max_width, binary=config.binary_refiner, use_xformer=config.use_xformer,
+        blocks_per_stage=config.refiner_blocks_per_stage,
+        prior_residual_alpha_bars=diffusion.alpha_bars.tolist() if config.prior_residual else None)
+    network = HiDiffNetwork(segmentor, refiner, diffusion, num_classes=num_output_channels, config=config,
+                            trainer_name=trainer_name)
+    network.packed = config.packed_inference  # stays False where no kernel loads (one warning)
+    return network
 
 
 def _load_json(path_or_dict: Union[dict, str]) -> dict:

@@ -1,31 +1,80 @@
 """HiDiffNetwork: the nnU-Net segmentor, the diffusion refiner and the Bernoulli diffusion in one module."""
 from __future__ import annotations
 
+import sys
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .combine import COMBINE_GATED, COMBINE_NONE, COMBINES, check_gate, combine_outputs
+from .config import HiDiffConfig, HiDiffConfigurationError
 from .refiner import HiDiffRefiner
 
-__all__ = ["HiDiffNetwork", "SegmentorOutput"]
+__all__ = ["HiDiffNetwork", "SegmentorOutput", "check_decision"]
+
+FORCEABLE = ("refine", "steps", "samples", "seed", "transition", "combine", "gate")
+DEFAULT_GATE = (0.5, 1.0)  # combine "gated" forced without a gate
 
 
+DECISION_FORMAT = 1  # of the network's extra state: {"format", "trainer", "config", "decision"}
 
-def decision_buffers(refine: bool, steps: int = 0, combine: str = COMBINE_NONE,
-                     gate: Optional[Sequence[float]] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The buffers ``inference_decision`` = [mode, steps] and, for a refined "gated" decision, ``inference_gate`` =
-    [add, remove] in per mille (None otherwise: the stored gate is left as it is); see :class:`HiDiffNetwork`."""
+
+def check_decision(decision: Optional[dict], num_steps: int) -> Optional[dict]:
+    """A stored decision, checked and normalised: {"refine", "steps", "combine", "gate", "transition", "samples",
+    "seed"} with every setting explicit (for "segmentor alone": steps 0, combine "none", the rest None), or None
+    (no decision: the network predicts the segmentor alone). Raises ValueError naming the bad entry."""
+    if decision is None:
+        return None
+    if not isinstance(decision, dict) or "refine" not in decision:
+        raise ValueError(f"a decision is a dict with 'refine', got {decision!r}")
+    if not decision["refine"]:
+        return {"refine": False, "steps": 0, "combine": COMBINE_NONE, "gate": None, "transition": None,
+                "samples": None, "seed": None}
+    missing = [k for k in ("steps", "combine", "transition", "samples", "seed") if decision.get(k) is None]
+    if missing:
+        raise ValueError(f"a refining decision names every setting it was validated with; missing: {missing}")
+    steps, combine = int(decision["steps"]), decision["combine"]
+    if not 1 <= steps <= num_steps:
+        raise ValueError(f"decision steps must lie in 1..{num_steps}, got {steps}")
     if combine not in COMBINES:
         raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-    gate_buffer = None
-    if combine == COMBINE_GATED and refine:
+    transition = decision["transition"]
+    if transition not in HiDiffNetwork._sampler_class().TRANSITIONS:
+        raise ValueError(f"decision transition {transition!r} unknown")
+    gate = decision.get("gate")
+    if combine == COMBINE_GATED:
         if gate is None:
             raise ValueError("combine='gated' needs a gate (gate_add, gate_remove)")
-        gate_buffer = torch.tensor([round(g * 1000) for g in check_gate(gate)], dtype=torch.long)
-    mode = 1 + COMBINES.index(combine) if refine else 0  # 1 refined, 2 new_components, 3 union, 4 average, 5 gated
-    return torch.tensor([mode, int(steps)], dtype=torch.long), gate_buffer
+        gate = list(check_gate(gate))
+    else:
+        gate = None
+    samples, seed = int(decision["samples"]), int(decision["seed"])
+    if samples < 1:
+        raise ValueError(f"decision samples must be at least 1, got {samples}")
+    return {"refine": True, "steps": steps, "combine": combine, "gate": gate, "transition": transition,
+            "samples": samples, "seed": seed}
+
+
+def legacy_decision(buffer, gate_buffer, config: HiDiffConfig) -> Tuple[Optional[dict], Optional[str]]:
+    """The decision of a state dict written before 2026-12-07 (buffers ``inference_decision`` = [mode, steps],
+    steps 0 meaning "the network's default", and ``inference_gate`` in per mille), read with the configuration of
+    the trainer class that loads it. [1, 0] was both "never validated" and "refine with the default steps": it
+    loads as no decision (segmentor alone). Returns (decision, a note for the user or None)."""
+    mode, steps = (int(v) for v in buffer.tolist())
+    if mode == 0:
+        return check_decision({"refine": False}, config.num_diffusion_steps), None
+    if mode == 1 and steps == 0:
+        return None, ("this checkpoint predates explicit refinement decisions (its [1, 0] means either 'never "
+                      "validated' or 'refine with the default steps'); it predicts the segmentor alone. To store "
+                      "the fold's decision explicitly, validate it again: nnUNetv2_train DATASET CONFIG FOLD -tr "
+                      "TRAINER --val (or nnunetv2_hidiff_decide on its folds)")
+    combine = COMBINES[mode - 1]
+    gate = [int(v) / 1000 for v in gate_buffer.tolist()] if combine == COMBINE_GATED else None
+    return check_decision({"refine": True, "steps": steps or config.default_steps, "combine": combine, "gate": gate,
+                           "transition": config.inference_transition, "samples": config.inference_samples,
+                           "seed": config.inference_seed}, config.num_diffusion_steps), None
+
 
 class SegmentorOutput(NamedTuple):
     """logits: exactly what the segmentor's decoder returns (a list, highest resolution first, with deep
@@ -39,45 +88,32 @@ class HiDiffNetwork(nn.Module):
 
     The segmentor is the network of the nnU-Net plan (anything with ``.encoder(x) -> skips`` and
     ``.decoder(skips) -> logits``, e.g. PlainConvUNet or ResidualEncoderUNet). The diffusion object
-    is plain Python (no parameters or buffers), so the state dict holds exactly ``segmentor.*`` and
-    ``refiner.*``.
+    is plain Python (no parameters or buffers). The state dict holds ``segmentor.*``, ``refiner.*`` and
+    ``_extra_state`` (:meth:`get_extra_state`): the :class:`HiDiffConfig` the weights were built with, the trainer
+    class that built them, and the refinement decision.
 
     Train mode: ``forward(x)`` is the segmentor's output (deep-supervision list or tensor), and
     :meth:`segment`, :meth:`prior_from_logits`, :meth:`refiner_forward` give the trainer the pieces.
 
-    Eval mode: ``forward(x)`` is a drop-in for nnU-Net's sliding-window predictor:
-    segmentor → p = softmax(logits) → y_T ~ B(p) → Bernoulli DDIM refinement over ``num_inference_steps``
-    → ŷ0 averaged over ``num_samples`` → log(clamp(ŷ0, 1e-6)), shape (B, K, *sp), finite. nnU-Net's
-    softmax of these "logits" is ŷ0 normalised over classes, so Gaussian aggregation and argmax work
-    unchanged. With ``output_space = "logit"`` it returns logit(ŷ0) instead, which is what a
-    region-based (sigmoid) label manager needs.
+    Eval mode: ``forward(x)`` is a drop-in for nnU-Net's sliding-window predictor. Without a decision (a checkpoint
+    that was never validated) and without forced settings it is the segmentor's logits. With refinement:
+    segmentor → p = softmax(logits) → y_T ~ B(p) → Bernoulli DDIM refinement over ``steps`` → ŷ0 averaged over
+    ``samples`` → log(clamp(ŷ0, 1e-6)), shape (B, K, *sp), finite, optionally combined with the segmentor's output
+    (networks/combine.py). nnU-Net's softmax of these "logits" is ŷ0 normalised over classes, so Gaussian
+    aggregation and argmax work unchanged. With ``output_space = "logit"`` it returns logit(ŷ0) instead, which is
+    what a region-based (sigmoid) label manager needs.
 
-    Inference settings (plain attributes, change them any time):
-        num_inference_steps (default diffusion.num_steps), num_samples (1; all samples run as one batch),
-        seed (0; a fresh CPU torch.Generator seeded with it per forward call makes the output deterministic
-        and the same on every device: the random fields are drawn on the CPU and moved), output_space ("log" | "logit"), transition (see BernoulliDDIMSampler;
-        default "renoise"), refine (None: follow the stored decision; True/False force refinement on/off),
-        steps_forced (False: steps stored in the decision win over num_inference_steps), combine (None: follow
-        the stored decision, or "none" when refine is forced; "none": the refined output; "new_components": the
-        segmentor's output plus the refined components it does not reach; "union": plus all refined foreground
-        where the segmentor predicts background; "average": the mean of both outputs' probabilities; "gated": the
-        refined label where its refined probability exceeds a gate; see networks/combine.py), gate (None: the
-        stored gate; else (gate_add, gate_remove) for combine "gated").
-
-    The decision (issue "never worse by default"): the persistent buffer ``inference_decision`` =
-    [mode (0 segmentor alone, 1 refined, 2 segmentor + new refined components, 3 segmentor ∪ refined,
-    4 mean of segmentor and refined probabilities, 5 gated),
-    steps (0 = num_inference_steps)]
-    and, for mode 5, the buffer ``inference_gate`` = [gate_add, gate_remove] in per mille,
-    are part of the state dict, so the checkpoint carries it
-    and nnU-Net's predictor, which loads every fold's weights into the network before predicting with that
-    fold, applies each fold's own decision. The trainer sets it after validation (see :meth:`set_decision`).
-    State dicts written before the buffers existed load with the defaults [1, 0] (refine) and [500, 1000].
+    What it predicts with (:meth:`settings`): each setting's forced value (the attributes ``refine``, ``steps``,
+    ``samples``, ``seed``, ``transition``, ``combine``, ``gate``; None = not forced), else the stored decision's
+    (which names every setting it was validated with), else the configuration's sampler defaults; without a decision
+    and without forced refinement, the segmentor alone. Forcing refinement without forcing ``combine`` gives the
+    refined output alone. ``environment_settings`` (a function, set by the trainer class for nnU-Net's predictor,
+    None in training and the trainer's validation) is applied before the first prediction after each load: it sets
+    the forced attributes from the nnUNet_HiDiff_* environment variables.
     """
 
     def __init__(self, segmentor: nn.Module, refiner: HiDiffRefiner, diffusion, num_classes: int,
-                 num_inference_steps: Optional[int] = None, num_samples: int = 1, seed: int = 0,
-                 refine: Optional[bool] = None, transition: Optional[str] = None):
+                 config: Optional[HiDiffConfig] = None, trainer_name: Optional[str] = None):
         super().__init__()
         if not (hasattr(segmentor, "encoder") and hasattr(segmentor, "decoder")):
             raise TypeError(f"the segmentor ({type(segmentor).__name__}) must expose .encoder and .decoder")
@@ -88,17 +124,36 @@ class HiDiffNetwork(nn.Module):
         self.refiner = refiner
         object.__setattr__(self, "diffusion", diffusion)  # never a submodule: not in the state dict
         self.num_classes = int(num_classes)
-        self.num_inference_steps = int(num_inference_steps or diffusion.num_steps)
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
-        self.refine = None if refine is None else bool(refine)
+        self.config = config if config is not None else HiDiffConfig(num_diffusion_steps=diffusion.num_steps)
+        if self.config.num_diffusion_steps != diffusion.num_steps:
+            raise ValueError(f"config.num_diffusion_steps={self.config.num_diffusion_steps} but the diffusion has "
+                             f"{diffusion.num_steps} steps")
+        self.trainer_name = trainer_name
+        self.decision: Optional[dict] = None
+        self.refine: Optional[bool] = None
+        self.steps: Optional[int] = None
+        self.samples: Optional[int] = None
+        self.seed: Optional[int] = None
+        self.transition: Optional[str] = None
         self.combine: Optional[str] = None
-        self.steps_forced = False
-        self.transition = str(transition or self._sampler_class().DEFAULT_TRANSITION)
-        self.output_space = "log"
         self.gate: Optional[Tuple[float, float]] = None
-        self.register_buffer("inference_decision", torch.tensor([1, 0], dtype=torch.long))
-        self.register_buffer("inference_gate", torch.tensor([500, 1000], dtype=torch.long))
+        self.output_space = "log"
+        self.environment_settings = None
+        self._environment_applied = False
+        self._told_undecided = False
+
+    def force(self, **settings) -> None:
+        """Set forced settings (refine, steps, samples, seed, transition, combine, gate); None un-forces one."""
+        unknown = set(settings) - set(FORCEABLE)
+        if unknown:
+            raise TypeError(f"unknown settings {sorted(unknown)}; forceable: {FORCEABLE}")
+        for key, value in settings.items():
+            setattr(self, key, value)
+
+    @property
+    def num_inference_steps(self) -> int:
+        """The steps a refinement without a decision runs: forced ``steps``, else the configuration's."""
+        return int(self.steps or self.config.default_steps)
 
     @property
     def packed(self) -> bool:
@@ -124,55 +179,88 @@ class HiDiffNetwork(nn.Module):
         return BernoulliDDIMSampler
 
     # ------------------------------------------------------------------ the stored decision
-    def set_decision(self, refine: bool, steps: int = 0, combine: str = COMBINE_NONE,
-                     gate: Optional[Sequence[float]] = None) -> None:
-        """Store whether (and with how many steps; 0 = num_inference_steps, and combined how, with which gate for
-        combine "gated") prediction refines by default."""
-        if not 0 <= int(steps) <= self.diffusion.num_steps:
-            raise ValueError(f"steps must lie in 0..{self.diffusion.num_steps}, got {steps}")
-        decision, gate_buffer = decision_buffers(refine, steps, combine, gate)
-        if gate_buffer is not None:
-            self.inference_gate.copy_(gate_buffer)
-        self.inference_decision.copy_(decision)
+    def set_decision(self, decision: Optional[dict]) -> None:
+        """Store the refinement decision (see :func:`check_decision`; None: no decision, the segmentor alone)."""
+        self.decision = check_decision(decision, self.diffusion.num_steps)
 
-    def resolved_settings(self):
-        """(refine, steps) this network predicts with: forced settings first, then the stored decision."""
-        decided_mode, decided_steps = (int(v) for v in self.inference_decision.tolist())
-        refine = decided_mode > 0 if self.refine is None else self.refine
-        steps = self.num_inference_steps if (self.steps_forced or decided_steps == 0) else decided_steps
-        return refine, int(steps)
+    def settings(self) -> dict:
+        """What this network predicts with: {"refine", "steps", "samples", "seed", "transition", "combine",
+        "gate"} from the forced settings, then the stored decision, then the configuration (class docstring)."""
+        if self.environment_settings is not None and not self._environment_applied:
+            self.environment_settings(self)
+            self._environment_applied = True
+        decided = self.decision if self.decision is not None and self.decision["refine"] else None
+        refine = self.refine if self.refine is not None else decided is not None
+        c = self.config
 
-    def resolved_combine(self) -> str:
-        """How a refined output is combined with the segmentor's: forced ``combine`` first; with refinement
-        forced, the refined output alone; else the stored decision."""
-        if self.combine is not None:
-            if self.combine not in COMBINES:
-                raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
-            return self.combine
-        if self.refine is not None:
-            return COMBINE_NONE
-        mode = int(self.inference_decision[0])
-        return COMBINES[mode - 1] if 1 <= mode <= len(COMBINES) else COMBINE_NONE
+        def pick(forced, key, default):
+            return forced if forced is not None else (decided[key] if decided is not None else default)
 
-    def resolved_gate(self) -> Tuple[float, float]:
-        """(gate_add, gate_remove) of combine "gated": the forced ``gate`` first, else the stored one."""
-        if self.gate is not None:
-            return check_gate(self.gate)
-        add, remove = (int(v) / 1000 for v in self.inference_gate.tolist())
-        return add, remove
+        combine = self.combine if self.combine is not None else (
+            decided["combine"] if decided is not None and self.refine is None else COMBINE_NONE)
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+        gate = self.gate if self.gate is not None else (decided or {}).get("gate") or DEFAULT_GATE
+        out = {"refine": bool(refine), "steps": int(pick(self.steps, "steps", c.default_steps)),
+               "samples": int(pick(self.samples, "samples", c.inference_samples)),
+               "seed": int(pick(self.seed, "seed", c.inference_seed)),
+               "transition": pick(self.transition, "transition", c.inference_transition),
+               "combine": combine, "gate": tuple(check_gate(gate))}
+        if not 1 <= out["steps"] <= self.diffusion.num_steps:
+            raise ValueError(f"steps must lie in 1..{self.diffusion.num_steps}, got {out['steps']}")
+        if self.decision is None and self.refine is None and not self._told_undecided:
+            self._told_undecided = True
+            print("HiDiff: this checkpoint carries no refinement decision (it was not validated): predicting the "
+                  "segmentor alone. Force refinement with nnunetv2_hidiff_predict --refine (nnUNet_HiDiff_refine=1)"
+                  + (f"; {self._legacy_note}" if getattr(self, "_legacy_note", None) else "") + ".",
+                  file=sys.stderr)
+        return out
+
+    # ------------------------------------------------------------------ configuration and decision in the state dict
+    def get_extra_state(self) -> dict:
+        return {"format": DECISION_FORMAT, "trainer": self.trainer_name, "config": self.config.to_dict(),
+                "decision": None if self.decision is None else dict(self.decision)}
+
+    def set_extra_state(self, state) -> None:
+        if not isinstance(state, dict) or state.get("format") != DECISION_FORMAT:
+            raise HiDiffConfigurationError(f"unreadable HiDiff state in the checkpoint (format "
+                                           f"{state.get('format') if isinstance(state, dict) else state!r}; this "
+                                           f"package reads format {DECISION_FORMAT}): upgrade nnunetv2_hidiff")
+        stored = HiDiffConfig.from_dict(state.get("config") or {}, fill=self.config)
+        differences = stored.architecture_differences(self.config)
+        if differences:
+            writer = state.get("trainer") or "another trainer"
+            builder = self.trainer_name or "this network"
+            lines = "; ".join(f"{k} = {a!r} in the checkpoint ({writer}), {b!r} in {builder}"
+                              for k, a, b in differences)
+            raise HiDiffConfigurationError(
+                f"the weights were trained with another HiDiff architecture: {lines}. Predict with the trainer that "
+                f"trained them (-tr {writer}), or a subclass with {', '.join(f'{k} = {a!r}' for k, a, _ in differences)}."
+                " (A model trained as nnUNetTrainerHiDiff before 2026-12-03 has the paper's width-32 refiner: it "
+                "loads as nnUNetTrainerHiDiff_paper.)")
+        if stored.packed_inference != self.config.packed_inference:
+            self.packed = stored.packed_inference  # the kernels the fold validated with
+        self.config = stored  # the stored training, decision and sampler settings win over the class's current ones
+        self.decision = check_decision(state.get("decision"), self.diffusion.num_steps)
+        self._environment_applied = self._told_undecided = False
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints written before the decision buffer existed: refine with the default steps
-        state_dict.setdefault(prefix + "inference_decision", torch.tensor([1, 0], dtype=torch.long))
-        state_dict.setdefault(prefix + "inference_gate", torch.tensor([500, 1000], dtype=torch.long))
         own = self.refiner.state_dict(prefix=prefix + "refiner.")
         for key, value in state_dict.items():
             if key in own and torch.is_tensor(value) and value.shape != own[key].shape:
-                raise RuntimeError(
+                raise HiDiffConfigurationError(
                     f"the weights were trained with another refiner configuration: {key} has shape "
                     f"{tuple(value.shape)} there and {tuple(own[key].shape)} in this network. A model trained as "
                     f"nnUNetTrainerHiDiff before 2026-12-03 has the paper's width-32 refiner: it loads as "
                     f"nnUNetTrainerHiDiff_paper (README, 'The default configuration').")
+        buffer = state_dict.pop(prefix + "inference_decision", None)  # state dicts written before 2026-12-07
+        gate = state_dict.pop(prefix + "inference_gate", None)
+        self._legacy_note = None
+        if prefix + "_extra_state" not in state_dict:
+            decision, self._legacy_note = (legacy_decision(buffer, gate, self.config) if buffer is not None
+                                           else (None, None))
+            state_dict[prefix + "_extra_state"] = {"format": DECISION_FORMAT, "trainer": self.trainer_name,
+                                                   "config": self.config.to_dict(), "decision": decision}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ pieces for the trainer
@@ -211,10 +299,10 @@ class HiDiffNetwork(nn.Module):
         input's segmentor output when the caller already has it (validation), else computed here."""
         seg = self.segment(x) if seg is None else seg
         logits = self.top_logits(seg.logits)
-        refine, steps = self.resolved_settings()
-        if not refine:
+        settings = self.settings()
+        if not settings["refine"]:
             return logits
-        y0 = self.refine_prior(x, self.prior_from_logits(logits), seg.features, steps)
+        y0 = self.refine_prior(x, self.prior_from_logits(logits), seg.features, settings=settings)
         if self.output_space == "logit":
             y0 = y0.clamp(1e-6, 1 - 1e-6)
             refined = torch.log(y0) - torch.log1p(-y0)
@@ -222,27 +310,30 @@ class HiDiffNetwork(nn.Module):
             refined = torch.log(y0.clamp_min(1e-6))
         else:
             raise ValueError(f"output_space must be 'log' or 'logit', got {self.output_space!r}")
-        combine = self.resolved_combine()
+        combine = settings["combine"]
         if combine != COMBINE_NONE:
             if self.output_space != "log":
                 raise ValueError(f"combine={combine!r} needs per-class (softmax) outputs; region-based "
                                  "(sigmoid, output_space 'logit') models predict the refined output alone")
-            gate = self.resolved_gate() if combine == COMBINE_GATED else None
+            gate = settings["gate"] if combine == COMBINE_GATED else None
             return combine_outputs(logits, refined.to(logits.dtype), combine, gate)
         return refined.to(logits.dtype)
 
     @torch.no_grad()
     def refine_prior(self, x: torch.Tensor, prior: torch.Tensor, features: Sequence[torch.Tensor],
-                     steps: Optional[int] = None) -> torch.Tensor:
-        """The reverse chain: y_T ~ B(p), ``steps`` DDIM steps, ŷ0 averaged over ``num_samples``.
+                     steps: Optional[int] = None, settings: Optional[dict] = None) -> torch.Tensor:
+        """The reverse chain: y_T ~ B(p), ``steps`` DDIM steps, ŷ0 averaged over ``samples`` (``settings``: a dict
+        as :meth:`settings` returns, default that; ``steps`` replaces its steps). The random fields come from a fresh CPU generator seeded with
+        ``seed`` per call: deterministic, and the same on every device.
 
         All samples run as one batch (B·S), and the segmentor skips are projected once for the whole chain.
         Returns ŷ0 (B, K, *sp), soft, float32.
         """
-        sampler = self._sampler_class()(self.diffusion, num_inference_steps=steps or self.num_inference_steps,
-                                        final="mean", transition=self.transition)
-        generator = torch.Generator().manual_seed(self.seed)  # on the CPU: the same masks on every device
-        n = self.num_samples
+        s = dict(self.settings() if settings is None else settings, **({"steps": steps} if steps else {}))
+        sampler = self._sampler_class()(self.diffusion, num_inference_steps=s["steps"], final="mean",
+                                        transition=s["transition"])
+        generator = torch.Generator().manual_seed(s["seed"])  # on the CPU: the same masks on every device
+        n = s["samples"]
 
         def repeat(v: torch.Tensor) -> torch.Tensor:
             return v if n == 1 else v.repeat(n, *([1] * (v.dim() - 1)))

@@ -82,7 +82,13 @@ class CrossAttention(nn.Module):
 
     @staticmethod
     def binary_attention(qb: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor) -> torch.Tensor:
-        """Binarized attention on ±1 tensors (B, h, N, d): forward thresholded map, softmax backward."""
+        """Binarized attention on ±1 tensors (B, h, N, d): forward thresholded map, softmax backward.
+
+        Keys whose score exceeds ATTENTION_THRESHOLD × the row's maximum are attended, with equal weights. A row
+        whose maximum is ≤ 0 (the query disagrees with every key at least as much as it agrees) attends to nothing:
+        its message is 0, so the block's residual passes the query's features on unchanged. This is intended (no key
+        is "similar"), and kept so that trained models predict as they were validated (tests/test_networks_binary.py).
+        """
         scores = qb @ kb.transpose(-2, -1) / math.sqrt(qb.shape[-1])  # (B, h, Nq, Nk)
         hard = (scores > ATTENTION_THRESHOLD * scores.amax(dim=-1, keepdim=True)).to(scores.dtype)
         hard = hard / hard.sum(dim=-1, keepdim=True).clamp_min(1.0)

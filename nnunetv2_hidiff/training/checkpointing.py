@@ -1,6 +1,7 @@
 """HiDiff's checkpoint payload (next to nnU-Net's keys) and random-number-generator states."""
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -55,6 +56,7 @@ def hidiff_payload(trainer) -> dict:
         "refiner_grad_scaler_state": scaler.state_dict() if scaler is not None else None,
         "refiner_ema": trainer.refiner_ema.state_dict(),
         "num_warmup_epochs": trainer.num_warmup_epochs,
+        "warm_start": trainer.warm_start_source,  # so that --c keeps it in the fold record without the variable
         "nonfinite_in_a_row": trainer.nonfinite_in_a_row,
         "diffusion_rng_state": trainer.diffusion_rng.get_state(),
         "rng_states": get_rng_states(),
@@ -71,6 +73,7 @@ def restore_hidiff_payload(trainer, h: dict) -> None:
         trainer.refiner_grad_scaler.load_state_dict(h["refiner_grad_scaler_state"])
     trainer.refiner_ema.load_state_dict(h["refiner_ema"])
     trainer.num_warmup_epochs = h["num_warmup_epochs"]
+    trainer.warm_start_source = h.get("warm_start") or trainer.warm_start_source  # absent before 2026-12-07
     trainer.nonfinite_in_a_row = h["nonfinite_in_a_row"]
     if trainer.local_rank == 0:
         trainer.diffusion_rng.set_state(h["diffusion_rng_state"])
@@ -101,7 +104,8 @@ def load_whole_segmentor(segmentor, path: str, device) -> None:
 def build_checkpoint(trainer) -> dict:
     """nnU-Net's checkpoint keys (network weights with the EMA refiner: what nnUNetv2_predict loads) plus ours."""
     with trainer.refiner_ema.applied_to(trainer.hidiff.refiner):
-        exported = {k: v.detach().clone() for k, v in trainer.hidiff.state_dict().items()}
+        exported = {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)  # _extra_state: plain data
+                    for k, v in trainer.hidiff.state_dict().items()}
     return {
         "network_weights": exported,
         "optimizer_state": trainer.optimizer.state_dict(),

@@ -21,14 +21,13 @@ from __future__ import annotations
 import torch
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
-from .common import StepStatus, check_choices, optimizer_step
+from .common import StepStatus, optimizer_step
 from .distributed import all_ranks
 from .fold_record import update_fold_record
 
 
 def clean_training_batches(trainer):
     """An endless generator of unaugmented batches of the fold's training cases, or None (mode "augmented")."""
-    check_choices(trainer)
     if trainer.refiner_batches != "clean":
         return None
     if trainer.local_rank == 0:  # what the benchmark and users read (fold_record.py)

@@ -8,12 +8,10 @@ from statistics import median
 
 import torch
 
+from nnunetv2_hidiff.networks.config import HiDiffConfigurationError  # noqa: F401 (raised here; imported from here)
+
 from .distributed import all_ranks
 from .fold_record import read_fold_record, update_fold_record
-
-
-class HiDiffConfigurationError(RuntimeError):
-    """A dataset, plan or checkpoint this trainer cannot use; the message says why and what to do."""
 
 
 def check_supported(name: str, plans: dict, configuration: str, dataset_json: dict) -> None:
@@ -35,17 +33,6 @@ def check_supported(name: str, plans: dict, configuration: str, dataset_json: di
         raise HiDiffConfigurationError(
             f"{name} does not support an ignore label (dataset.json label 'ignore'): the diffusion "
             f"target y0 needs a class for every pixel.")
-
-
-# class attributes of the HiDiff trainer that take one of a few values
-CHOICES = {"segmentor_optimizer": ("sgd", "adamw"), "refiner_batches": ("augmented", "clean")}
-
-
-def check_choices(trainer) -> None:
-    for name, allowed in CHOICES.items():
-        value = getattr(trainer, name)
-        if value not in allowed:
-            raise HiDiffConfigurationError(f"{type(trainer).__name__}.{name} must be one of {allowed}, got {value!r}")
 
 
 def start_message(trainer) -> str:
@@ -202,11 +189,11 @@ def budget_record(trainer, warmup_epochs: int = 0) -> dict:
             "batch_size": trainer.batch_size}
 
 
-def write_start_record(trainer, kind: str, warm_start=None, warmup_epochs: int = 0) -> None:
-    """Record trainer, kind, budget and warm start when training starts (rank 0)."""
+def write_start_record(trainer, kind: str, warm_start=None, warmup_epochs: int = 0, **extra) -> None:
+    """Record trainer, kind, budget, warm start (and ``extra`` keys) when training starts (rank 0)."""
     if trainer.local_rank == 0:
         update_fold_record(trainer.output_folder, trainer=trainer.__class__.__name__, kind=kind,
-                           budget=budget_record(trainer, warmup_epochs), warm_start=warm_start)
+                           budget=budget_record(trainer, warmup_epochs), warm_start=warm_start, **extra)
 
 
 def start_epoch_timer(trainer) -> None:

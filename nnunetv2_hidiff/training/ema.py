@@ -9,7 +9,9 @@ from torch import nn
 
 
 class ModelEMA:
-    """EMA of a module's floating-point parameters; buffers (BatchNorm statistics) are copied.
+    """EMA of a module's floating-point parameters; buffers (BatchNorm statistics) are copied from the live module,
+    not averaged: the EMA weights validate and predict with the live model's running statistics (torch's own
+    ``AveragedModel`` default, ``use_buffers=False``, does the same; the statistics are themselves running averages).
 
     The decay warms up as min(decay, (1 + n) / (10 + n)) over the n updates so far (as in diffusers'
     EMAModel): with a fixed 0.9999 a CPU-length run of a few thousand steps would keep mostly the

@@ -1,14 +1,16 @@
 """Prediction-time settings of HiDiffNetwork, read from environment variables.
 
 nnU-Net's predictor builds the network through the trainer class, so these variables are how
-``nnUNetv2_predict ... -tr nnUNetTrainerHiDiff`` picks them up without retraining:
+``nnUNetv2_predict ... -tr nnUNetTrainerHiDiff`` picks them up without retraining. They act at prediction only: the
+network the trainer trains and validates ignores them (the trainer writes one warning line when one is set, see
+:func:`warn_prediction_variables`), so a variable left set in the training shell cannot change the decision.
+Each one forces its setting over the fold's stored decision (HiDiffNetwork.settings):
 
-    nnUNet_HiDiff_steps    DDIM steps (1..T), forced over the fold's decision (default: the decision's
-                           steps, else the trainer's inference_steps, else T)
-    nnUNet_HiDiff_samples  samples averaged per patch (default 1)
-    nnUNet_HiDiff_seed     seed of the sampler (default 0)
+    nnUNet_HiDiff_steps    DDIM steps (1..T) (default: the decision's, else the stored inference_steps)
+    nnUNet_HiDiff_samples  samples averaged per patch (default: the decision's, else inference_samples)
+    nnUNet_HiDiff_seed     seed of the sampler (default: the decision's, else inference_seed)
     nnUNet_HiDiff_refine   1 forces refinement on, 0 forces it off (the segmentor alone); unset: each
-                           fold's stored decision (made on its validation cases, see trainer)
+                           fold's stored decision (made on its validation cases; none: the segmentor alone)
     nnUNet_HiDiff_transition  intermediate DDIM states: "renoise" (default), "renoise_threshold", "sample"
                            (Algorithm 2), "threshold" (see nnunetv2_hidiff.diffusion.BernoulliDDIMSampler)
     nnUNet_HiDiff_combine  "none": the refined output; "new_components": the segmentor's output plus the refined
@@ -58,16 +60,20 @@ def parse_gate(text: str, what: str = "gate"):
         raise ValueError(f"{what}={text!r} must be two probabilities ADD,REMOVE in [0, 1], e.g. '0.5,0.8'") from None
 
 
+PREDICTION_VARIABLES = (ENV_STEPS, ENV_SAMPLES, ENV_SEED, ENV_REFINE, ENV_TRANSITION, ENV_COMBINE, ENV_GATE, ENV_PACKED)
+
+
 def apply_inference_settings(network, environ=None) -> None:
-    """Set num_inference_steps (forced), num_samples, seed, refine (forced) and transition of a HiDiffNetwork
-    from the environment; variables that are unset leave the network as it is."""
+    """Force the settings of a HiDiffNetwork (steps, samples, seed, refine, transition, combine, gate, packed) that
+    the environment sets; variables that are unset leave the network as it is. One ValueError names a bad value."""
     env = os.environ if environ is None else environ
     T = network.diffusion.num_steps
     if env.get(ENV_STEPS):
-        network.num_inference_steps = _int_env(env, ENV_STEPS, network.num_inference_steps, 1, T)
-        network.steps_forced = True
-    network.num_samples = _int_env(env, ENV_SAMPLES, network.num_samples, 1, 10_000)
-    network.seed = _int_env(env, ENV_SEED, network.seed, 0, 2 ** 63 - 1)
+        network.steps = _int_env(env, ENV_STEPS, 1, 1, T)
+    if env.get(ENV_SAMPLES):
+        network.samples = _int_env(env, ENV_SAMPLES, 1, 1, 10_000)
+    if env.get(ENV_SEED):
+        network.seed = _int_env(env, ENV_SEED, 0, 0, 2 ** 63 - 1)
     if env.get(ENV_REFINE):
         network.refine = bool(_int_env(env, ENV_REFINE, 1, 0, 1))
     transition = env.get(ENV_TRANSITION)
@@ -85,3 +91,16 @@ def apply_inference_settings(network, environ=None) -> None:
         network.gate = parse_gate(gate, f"environment variable {ENV_GATE}")
     if env.get(ENV_PACKED):
         network.packed = bool(_int_env(env, ENV_PACKED, 0, 0, 1))
+
+
+def warn_prediction_variables(trainer, environ=None) -> list:
+    """One line (training log and stderr) naming the prediction variables set while a trainer trains or validates:
+    they are ignored there. Returns their names."""
+    env = os.environ if environ is None else environ
+    names = [f"{k}={env[k]}" for k in PREDICTION_VARIABLES if env.get(k)]
+    if names and trainer.local_rank == 0:
+        trainer.print_to_log_file(
+            f"WARNING: {', '.join(names)}: prediction setting(s), ignored in training and in this trainer's validation "
+            f"(the refinement decision is made with {type(trainer).__name__}'s own configuration); they act in "
+            f"nnUNetv2_predict and nnunetv2_hidiff_predict only.")
+    return names

@@ -5,7 +5,7 @@ postprocessing on all folds' validation cases together (``nnUNetv2_find_best_con
 same for refinement once the folds are trained: it pools every candidate's per-case results over the folds (each
 class's nanmean over all cases, then the mean over classes, as nnU-Net's ``foreground_mean``), applies the same rule
 (``validation.decide``) and writes the one decision into every fold, exactly where the fold's own decision was:
-``validation/`` (a copy of the chosen candidate's folder, what find_best_configuration reads), the decision buffers of
+``validation/`` (a copy of the chosen candidate's folder, what find_best_configuration reads), the decision stored in
 the checkpoint the fold validated, and the fold record (``decision``, with ``pooled`` and the replaced
 ``fold_decision``). Everything is read and checked before the first fold is written.
 """
@@ -19,10 +19,10 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from nnunetv2_hidiff.networks.hidiff_network import decision_buffers
+import torch
 
 from .fold_record import FOLD_RECORD, VALIDATION, file_identity, output_key, read_fold_record, update_fold_record
-from .validation import decide, replace_folder, write_decision_into_checkpoint
+from .validation import SAMPLER_KEYS, decide, replace_folder, write_decision_into_checkpoint
 
 class PooledDecisionError(ValueError):
     """A fold that cannot take part (no validated decision, a missing folder or summary); names the file."""
@@ -81,8 +81,11 @@ def decide_pooled(folds: Sequence[str], min_dice_gain: float = 0.0) -> Tuple[dic
     for key in sorted(common, key=repr):
         cases = [c for fold, (_, outputs) in fold_data.items() for c in _cases(fold, outputs[key]["folder"])]
         refine, steps, combine, gate = key
+        entry = next(iter(fold_data.values()))[1][key]
         scores[key] = {"refine": refine, "steps": steps, "combine": combine,
-                       **({"gate": list(gate)} if gate else {}), **pooled_score(cases)}
+                       **({"gate": list(gate)} if gate else {}),
+                       **{k: entry[k] for k in SAMPLER_KEYS if refine and entry.get(k) is not None},
+                       **pooled_score(cases)}
         n_cases[key] = len(cases)
     segmentor_key = output_key({"refine": False, "steps": 0})
     segmentor = scores.pop(segmentor_key)
@@ -108,31 +111,35 @@ def _same(a: dict, b: dict) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
+def _explicit(checkpoint: str) -> bool:
+    """Whether the checkpoint stores its decision explicitly (written after 2026-12-07)."""
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    return "_extra_state" in weights and "inference_decision" not in weights
+
+
 _WRITTEN_KEYS = ("checkpoint", "fold_decision", "checkpoint_rewritten")  # what applying adds to the decision
 
 
 def apply_pooled_decision(fold: str, record: dict, decision: dict) -> bool:
     """Write the pooled ``decision`` into one fold (its record as decide_pooled read it): validation/, the
-    validated checkpoint's decision buffers, the record. decide_pooled has read every candidate's summary in every
+    validated checkpoint's stored decision, the record. decide_pooled has read every candidate's summary in every
     fold, so the chosen folder exists. A fold that already carries this very decision is left untouched (False), so
     that running it again rewrites no checkpoint (the benchmark re-predicts a test set when one changes). The
     record keeps the checkpoint's identity as training left it (``checkpoint_rewritten``), so that a measured
     training time stays attached to the fold."""
     current = record["decision"]
-    if "pooled" in current and _same({k: v for k, v in current.items() if k not in _WRITTEN_KEYS}, decision):
-        return False
-    chosen = next(e for e in record["validation"].values() if output_key(e) == output_key(decision))
     own = current.get("fold_decision", current)
     checkpoint = join(fold, own.get("checkpoint", "checkpoint_final.pth"))
-    default_steps = record["validation"].get("refined", {}).get("steps")  # stored as 0 (= the network's default)
-    steps = decision["steps"] if decision["steps"] != default_steps else 0
-    buffers = decision_buffers(decision["refine"], steps, decision["combine"], decision.get("gate"))
+    if "pooled" in current and _same({k: v for k, v in current.items() if k not in _WRITTEN_KEYS}, decision) \
+            and (not isfile(checkpoint) or _explicit(checkpoint)):
+        return False
+    chosen = next(e for e in record["validation"].values() if output_key(e) == output_key(decision))
     replace_folder(join(fold, chosen["folder"]), join(fold, VALIDATION))
     rewritten = {}
     if isfile(checkpoint):
         before = file_identity(checkpoint)
         earlier = current.get("checkpoint_rewritten") or {}
-        write_decision_into_checkpoint(checkpoint, *buffers)
+        write_decision_into_checkpoint(checkpoint, decision)
         rewritten = {"checkpoint_rewritten": {"from": earlier["from"] if earlier.get("to") == before else before,
                                               "to": file_identity(checkpoint)}}
     own = {k: v for k, v in own.items() if k != "candidates"}

@@ -17,7 +17,7 @@ so variants are one-line subclasses (see variants.py).
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -31,18 +31,18 @@ from torch import autocast
 from nnunetv2_hidiff.atomic import atomic_torch_save
 from nnunetv2_hidiff.diffusion import diffusion_loss
 from nnunetv2_hidiff.evaluation.metrics import nan_mean
-from nnunetv2_hidiff.networks import SegmentorOutput, build_hidiff_network
+from nnunetv2_hidiff.networks import HiDiffConfig, SegmentorOutput, build_hidiff_network
 
 from .checkpointing import (build_checkpoint, load_whole_segmentor, read_checkpoint, restore_checkpoint,
                             unwrap_and_compile)
 from .clean_batches import clean_train_step, clean_training_batches
-from .common import (HiDiffConfigurationError, apply_budget, apply_inference_mirroring, check_choices,  # noqa: F401
+from .common import (HiDiffConfigurationError, apply_budget, apply_inference_mirroring,  # noqa: F401
                      check_supported, optimizer_step, perturbed_prior, pseudo_dice_counts, record_epoch_time,
                      start_epoch_timer, start_message, track_nonfinite, write_start_record)
 from .distributed import gathered, rank_seed, use_cpu_when_no_cuda, wrap_networks
 from .ema import ModelEMA
 from .fold_record import update_fold_record
-from .inference_settings import apply_inference_settings
+from .inference_settings import apply_inference_settings, warn_prediction_variables
 from .oof_priors import OutOfFoldPriors, oof_template
 from .progress import HiDiffLocalLogger
 from .validation import validate_and_decide
@@ -53,63 +53,17 @@ WARM_START_MESSAGE = "Loaded the whole segmentor from {path}: no segmentor warm-
 
 
 class nnUNetTrainerHiDiff(nnUNetTrainer):
-    # ---- HiDiff configuration (paper Sec. III-A.2 unless noted); variants override these ----
-    binary_refiner = True  # BBDM (XNOR convolutions, TB/TA); False = real-valued twin
-    use_xformer = True  # (B)X-Former at the bottleneck
-    refiner_width = 8  # stage widths 8·2^s (the paper's 32·2^s: nnUNetTrainerHiDiff_paper)
-    num_diffusion_steps, min_train_timestep = 10, 1  # T; training draws t ~ U{min_train_timestep..T} (paper: 1)
-    focal_gamma = 2.0  # γ of Eq. 12; 0 = BCE
-    lambda_focal = 1.0  # Eq. 13
-    lambda_bce = 1.0  # a BCE share in L_diff to calibrate ε̂ where there is no noise (not in the paper; losses.py)
-    lambda_diff, boundary_weight = 1.0, 0.0  # Eq. 17; L_diff's weight on y0's boundary band is 1 + β (losses.py)
-    prior_residual = True  # the refiner head is a residual on the prior's Bayes posterior (refiner.py)
-    alternate_training = True  # False (Table X, V1): after warm-up only the refiner trains
-    # True: one refiner forward/backward per iteration updates both networks (the segmentor's L_diff then uses
-    # the refiner before its update, BatchNorm in train mode); False: Algorithm 1's two steps
-    joint_step = True
-    # optimisers: the segmentor with nnU-Net's own recipe ("sgd": SGD 1e-2, Nesterov 0.99, weight decay 3e-5,
-    # poly) by default, or the paper's ("adamw": AdamW at learning_rate); the refiner always with AdamW
-    segmentor_optimizer = "sgd"
-    learning_rate = 1e-4  # AdamW (refiner; segmentor too with segmentor_optimizer = "adamw"), poly decay
-    hidiff_weight_decay = 0.0  # the authors' AdamW uses none
-    # priors for the refiner's training that look like priors on unseen cases: logits / τ with
-    # τ ~ U[1, prior_temperature_max] per sample, plus N(0, prior_logit_noise²) logit noise (1, 0: off)
-    prior_temperature_max = 1.0
-    prior_logit_noise = 0.0
-    # the refiner learns from the plain nnU-Net folds that left each case out (oof_priors.py); None = off
-    oof_prior_trainer: Optional[str] = None
-    refiner_batches = "augmented"  # "clean": the refiner learns on unaugmented training batches (clean_batches.py)
-    # the per-fold decision (validation.py): step counts tried besides the default, each also combined with the
-    # segmentor's output in these ways (networks/combine.py: "new_components", "union", "average"; () = refined only)
-    # and gated with each (gate_add, gate_remove) pair (combine "gated")
-    decision_extra_steps: Tuple[int, ...] = (1, 2, 5)
-    decision_combine, decision_gates = ("new_components", "union"), ()
-    decision_min_dice_gain = 0.0  # the Dice gain refinement must bring
-    # warm-up: the paper pre-trains the segmentor for 40k iterations = 160 of nnU-Net's 250-iteration
-    # epochs, i.e. 16 % of the default 1000 epochs. Skipped when a whole segmentor is loaded (below).
-    warmup_epochs: Optional[int] = None  # None → round(warmup_fraction · num_epochs)
-    warmup_fraction = 0.16
-    # a finished plain nnU-Net checkpoint of the same plan whose *whole* segmentor (segmentation heads
-    # included) is loaded before training; the warm-up is then skipped. The environment variable
-    # nnUNet_HiDiff_pretrained_segmentor overrides it. (nnU-Net's -pretrained_weights also works but, by
-    # nnU-Net's design, does not transfer the segmentation heads, so the warm-up is kept in that case.)
-    pretrained_segmentor: Optional[str] = None
-    refiner_ema_decay, compile_backend = 0.9999, "inductor"  # backend: where nnU-Net compiles (CUDA, nnUNet_compile)
-    # prediction defaults (nnUNet_HiDiff_* environment variables override them at predict time)
-    inference_steps: Optional[int] = 1  # None → T (the paper's)
-    packed_inference = True  # binary refiner: bit-packed XNOR-popcount convs at inference on the CPU (packed.py)
-    inference_mirroring = True  # False: no mirroring test-time augmentation in validation/prediction
-    max_nonfinite_in_a_row, max_overflow_in_a_row = 5, 40  # overflows: of the grad scaler, each halves the scale
-    # training budget (None keeps nnU-Net's 1000 × 250 iterations, 50 validation iterations)
-    budget_epochs: Optional[int] = None
-    budget_iterations_per_epoch: Optional[int] = None
-    budget_val_iterations_per_epoch: Optional[int] = None
+    # The HiDiff configuration: every field of HiDiffConfig (networks/config.py documents each and holds the one set
+    # of defaults; docs/reference/settings.md is the table) is a class attribute of this trainer, set below the
+    # class. Variants override them (variants.py); HiDiffConfig.from_attributes reads and checks them in one place.
+    # The default is the configuration measured best on 901 (width-8 binary refiner, prior-residual head, BCE share
+    # in L_diff, one joint refiner pass per iteration, 1 DDIM step); the paper's is nnUNetTrainerHiDiff_paper.
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         # refuse before nnU-Net's __init__, which creates the fold's output folder and a log file
         check_supported(self.__class__.__name__, plans, configuration, dataset_json)
-        check_choices(self)  # segmentor_optimizer, refiner_batches
+        self.hidiff_configuration = HiDiffConfig.from_attributes(type(self))  # refuses contradictory attributes
         super().__init__(plans, configuration, fold, dataset_json, device)
         use_cpu_when_no_cuda(self)  # DDP (-num_gpus) on a CPU process group: the tests' gloo runs
         if self.segmentor_optimizer == "adamw":  # else nnU-Net's initial_lr 1e-2 and weight_decay 3e-5
@@ -141,16 +95,13 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True):
-        """HiDiffNetwork from the plan (also what nnUNetv2_predict builds: eval forward = refinement;
-        prediction settings come from nnUNet_HiDiff_* environment variables, see inference_settings)."""
+        """HiDiffNetwork of the class's HiDiffConfig from the plan. This is also what nnU-Net's predictor builds
+        and loads each fold's state dict into (with the fold's stored configuration and decision): the
+        nnUNet_HiDiff_* prediction variables act there only (inference_settings); the trainer switches them off."""
         network = build_hidiff_network(
             plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision,
-            binary=cls.binary_refiner, use_xformer=cls.use_xformer, refiner_width=cls.refiner_width,
-            num_diffusion_steps=cls.num_diffusion_steps, prior_residual=cls.prior_residual)
-        if cls.inference_steps is not None:
-            network.num_inference_steps = cls.inference_steps
-        network.packed = cls.packed_inference  # stays False where no kernel loads (one warning)
-        apply_inference_settings(network)
+            config=HiDiffConfig.from_attributes(cls), trainer_name=cls.__name__)
+        network.environment_settings = apply_inference_settings
         return network
 
     def initialize(self):
@@ -164,6 +115,8 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
         # nnU-Net compiles the whole network on CUDA; only the segmentor's own calls would benefit, and the wrapper
         # would put "_orig_mod." into every checkpoint key. Compile in place instead (keys unchanged).
         self.hidiff = unwrap_and_compile(self.network, self.compile_backend)
+        self.hidiff.environment_settings = None  # prediction variables never act in training or validation
+        warn_prediction_variables(self)
         if ddp:
             self._set_batch_size_and_oversample()
             self.loss = self._build_loss()
@@ -215,7 +168,8 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             self.initialize()
         self.network = self.hidiff
         super().on_train_start()
-        write_start_record(self, "hidiff", self.warm_start_source, self.num_warmup_epochs)
+        write_start_record(self, "hidiff", self.warm_start_source, self.num_warmup_epochs,
+                           config=self.hidiff_configuration.to_dict())
         template = oof_template(self)
         self.oof_priors = OutOfFoldPriors.load(self, template) if template else None  # named in the fold record
         self.clean_batches = clean_training_batches(self)  # None unless refiner_batches = "clean"
@@ -398,3 +352,7 @@ class nnUNetTrainerHiDiff(nnUNetTrainer):
             self.validated_checkpoint = filename_or_checkpoint
         restore_checkpoint(self, read_checkpoint(self, filename_or_checkpoint))
         self.network = self.hidiff
+
+
+for _name, _default in HiDiffConfig.defaults().items():  # the configuration's one set of defaults (see above)
+    setattr(nnUNetTrainerHiDiff, _name, _default)
