@@ -10,8 +10,7 @@ import SimpleITK as sitk
 
 from tiny_dataset import BIN, nnunet_env, run_cli
 
-TRAINER = "nnUNetTrainerHiDiff_smoke"
-FOLD = "Dataset990_Tiny", f"{TRAINER}__nnUNetPlans__2d", "fold_0"
+HIDIFF, PLAIN = "nnUNetTrainerHiDiff_smoke", "nnUNetTrainerBaseline_smoke"
 
 
 def _fake_model(root, folder, channel_names):
@@ -111,13 +110,16 @@ def test_wrapper_reads_nnunet_arguments_as_nnunet_does():
 
 @pytest.fixture(scope="module")
 def trained_model(tiny_nnunet, tmp_path_factory):
-    """Fold 0 of the smoke trainer: test_trainer_cli's if it trained it already, else trained here into a
-    results folder of its own."""
+    """(env, trainer) of a trained fold 0: test_trainer_cli's HiDiff smoke fold if it trained it already, else a
+    plain smoke fold trained here into a results folder of its own (the input check does not depend on the
+    trainer, and the HiDiff smoke fold's ten validations take minutes on two cores)."""
     env = nnunet_env(tiny_nnunet)
-    if not (tiny_nnunet / "results").joinpath(*FOLD, "checkpoint_final.pth").is_file():
-        env["nnUNet_results"] = str(tmp_path_factory.mktemp("predict_inputs_results"))
-        run_cli("nnUNetv2_train", ["990", "2d", "0", "-tr", TRAINER, "-device", "cpu"], env)
-    return env
+    fold = tiny_nnunet / "results" / "Dataset990_Tiny" / f"{HIDIFF}__nnUNetPlans__2d" / "fold_0"
+    if (fold / "checkpoint_final.pth").is_file():
+        return env, HIDIFF
+    env["nnUNet_results"] = str(tmp_path_factory.mktemp("predict_inputs_results"))
+    run_cli("nnUNetv2_train", ["990", "2d", "0", "-tr", PLAIN, "-device", "cpu"], env)
+    return env, PLAIN
 
 
 def test_bad_input_file_stops_prediction_or_is_skipped(trained_model, tiny_nnunet, tmp_path):
@@ -128,8 +130,9 @@ def test_bad_input_file_stops_prediction_or_is_skipped(trained_model, tiny_nnune
     bad = imgs / "case_999_0000.nii.gz"
     bad.write_text("not a nifti")
     (tmp_path / "tmp").mkdir()
-    env = dict(trained_model, TMPDIR=str(tmp_path / "tmp"))
-    args = ["-i", imgs, "-d", "990", "-c", "2d", "-f", "0", "-tr", TRAINER, "-device", "cpu", "--disable_tta",
+    env, trainer = trained_model
+    env = dict(env, TMPDIR=str(tmp_path / "tmp"))
+    args = ["-i", imgs, "-d", "990", "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu", "--disable_tta",
             "-npp", "1", "-nps", "1"]
 
     def predict(*options, out):
@@ -145,6 +148,13 @@ def test_bad_input_file_stops_prediction_or_is_skipped(trained_model, tiny_nnune
     assert lines[-1] == (f"nnunetv2_hidiff_predict: 1 bad input file(s) in {imgs}, nothing predicted. Fix or remove "
                          f"them, or add --skip-bad-inputs to predict the other 1 case(s).")
     assert not (tmp_path / "stopped").exists()
+
+    no_model = subprocess.run([str(BIN / "nnunetv2_hidiff_predict"), "-o", str(tmp_path / "none"),
+                               *map(str, args), "-tr", "nnUNetTrainerNoSuch"],
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert no_model.returncode == 2 and "Traceback" not in no_model.stderr
+    assert no_model.stderr.strip().splitlines()[-1].startswith("nnunetv2_hidiff_predict: no trained model in ")
+    assert "nnUNetTrainerNoSuch__nnUNetPlans__2d (no dataset.json or plans.json there)" in no_model.stderr
 
     skipped = predict("--skip-bad-inputs", out=tmp_path / "skipped")
     assert skipped.returncode == 0, skipped.stderr[-3000:]

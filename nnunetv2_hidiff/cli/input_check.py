@@ -37,6 +37,10 @@ class InputCheck:
         return list(self.good_cases)
 
 
+class MissingModel(Exception):
+    """The trained model folder nnUNetv2_predict would load has no dataset.json or plans.json."""
+
+
 def model_folder(dataset: str, trainer: str, plans: str, configuration: str) -> str:
     """The trained model folder nnUNetv2_predict uses for these arguments (raises if the dataset is unknown)."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -186,12 +190,17 @@ def check_inputs(input_folder: str, dataset_json: dict, plans: dict, reader_clas
 
 def check_model_inputs(input_folder: str, dataset: str, trainer: str, plans_identifier: str,
                        configuration: str) -> Optional[InputCheck]:
-    """``check_inputs`` for the model nnUNetv2_predict would load; None where that model's folder, dataset.json or
-    plans.json cannot be found (nnU-Net then says what is wrong)."""
+    """``check_inputs`` for the model nnUNetv2_predict would load. None where nnU-Net cannot even name that model's
+    folder (unknown dataset, nnUNet_results unset) or cannot use its files: nnU-Net then says what is wrong.
+    Raises MissingModel, with a one-line message, where the folder lacks dataset.json or plans.json."""
     try:
         folder = model_folder(dataset, trainer, plans_identifier, configuration)
     except Exception:  # noqa: BLE001 - unknown dataset, nnUNet_results unset: nnU-Net's own error follows
         return None
+    missing = [name for name in ("dataset.json", "plans.json") if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise MissingModel(f"no trained model in {folder} (no {' or '.join(missing)} there): check -d, -c, -p and "
+                           f"-tr, and nnUNet_results")
     files = load_model_files(folder)
     if files is None:
         return None

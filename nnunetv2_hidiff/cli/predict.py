@@ -72,10 +72,10 @@ def main(argv=None) -> None:
             os.environ[env] = str(value)
     if args.no_refine or args.refine:
         os.environ[ENV_REFINE] = "1" if args.refine else "0"
-    from nnunetv2.inference.predict_from_raw_data import predict_entry_point
-
     good_inputs = checked_inputs(rest, args.skip_bad_inputs)
     try:
+        from nnunetv2.inference.predict_from_raw_data import predict_entry_point
+
         sys.argv = ["nnUNetv2_predict"] + rest + (["-i", good_inputs] if good_inputs else [])  # the last -i counts
         predict_entry_point()
     finally:
@@ -123,10 +123,14 @@ def checked_inputs(rest, skip_bad_inputs: bool):
     known = nnunet_arguments(rest)
     if known is None:
         return None
-    from nnunetv2_hidiff.cli.input_check import check_model_inputs
+    from nnunetv2_hidiff.cli.input_check import MissingModel, check_model_inputs
 
-    check = check_model_inputs(known.i, known.d, known.tr, known.p, known.c)
-    if check is None:  # no such model: nnU-Net's own error follows
+    try:
+        check = check_model_inputs(known.i, known.d, known.tr, known.p, known.c)
+    except MissingModel as e:
+        print(f"nnunetv2_hidiff_predict: {e}", file=sys.stderr)
+        sys.exit(2)
+    if check is None:  # nnU-Net cannot find the model either: its own error follows
         return None
     for path, reason in check.warnings:
         print(f"{path}: warning: {reason}", file=sys.stderr)
@@ -136,8 +140,7 @@ def checked_inputs(rest, skip_bad_inputs: bool):
         return None
     n_files = len({path for path, _ in check.problems})
     if not check.good_cases:
-        print(f"nnunetv2_hidiff_predict: {n_files} bad input file(s) and no good case in {known.i}, nothing "
-              f"predicted.", file=sys.stderr)
+        print(f"nnunetv2_hidiff_predict: no good input case in {known.i}, nothing predicted.", file=sys.stderr)
         sys.exit(2)
     if not skip_bad_inputs:
         print(f"nnunetv2_hidiff_predict: {n_files} bad input file(s) in {known.i}, nothing predicted. Fix or remove "
