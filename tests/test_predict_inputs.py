@@ -155,6 +155,7 @@ def test_bad_input_file_stops_prediction_or_is_skipped(trained_model, tiny_nnune
     assert no_model.returncode == 2 and "Traceback" not in no_model.stderr
     assert no_model.stderr.strip().splitlines()[-1].startswith("nnunetv2_hidiff_predict: no trained model in ")
     assert "nnUNetTrainerNoSuch__nnUNetPlans__2d (no dataset.json or plans.json there)" in no_model.stderr
+    assert not (tmp_path / "none").exists()
 
     skipped = predict("--skip-bad-inputs", out=tmp_path / "skipped")
     assert skipped.returncode == 0, skipped.stderr[-3000:]
