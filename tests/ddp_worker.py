@@ -1,15 +1,14 @@
 """Runs HiDiff training on a CPU process group (gloo), as nnU-Net's -num_gpus runs it on GPUs (run_ddp).
 
-    python ddp_worker.py MODE WORLD_SIZE OUT_DIR [TRAINER]
+    python ddp_worker.py MODE WORLD_SIZE OUT_DIR
 
-The nnU-Net paths (and nnUNet_extTrainer) come from the environment (the tiny dataset of the tests). Modes:
+The nnU-Net paths come from the environment (the tiny dataset of the tests). Modes:
   warmup  segmentor-only steps on fixed batches, each rank taking its share of the batch (rows rank::world);
           with WORLD_SIZE 1 the same steps on the whole batch: the reference a DDP run must match
   steps   warmup, then HiDiff steps (refiner step, then segmentor step) on a fresh trainer, rank 1 getting a
           NaN batch once
   clean   HiDiff steps of the refiner_batches = "clean" variant, rank 1 getting a NaN clean batch once
-  train   nnU-Net's own route for fold 2 of TRAINER (default nnUNetTrainerHiDiff_smoke): get_trainer_from_args,
-          run_training, perform_actual_validation
+  train   nnU-Net's own route for fold 2: get_trainer_from_args, run_training, perform_actual_validation
 Each rank writes OUT_DIR/rank<r>.pt with what the test compares.
 """
 from __future__ import annotations
@@ -78,7 +77,7 @@ def _clean_steps(rank: int, world: int) -> dict:
                 refiner_wrapped=trainer.refiner_ddp is not None)
 
 
-def run(rank: int, mode: str, world: int, out: str, trainer_name: str = "nnUNetTrainerHiDiff_smoke") -> None:
+def run(rank: int, mode: str, world: int, out: str) -> None:
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world)
     torch.manual_seed(0)
@@ -86,7 +85,8 @@ def run(rank: int, mode: str, world: int, out: str, trainer_name: str = "nnUNetT
     if mode == "train":
         from nnunetv2.run.run_training import get_trainer_from_args
 
-        trainer = get_trainer_from_args("990", "2d", 2, trainer_name, "nnUNetPlans", device=torch.device("cpu"))
+        trainer = get_trainer_from_args("990", "2d", 2, "nnUNetTrainerHiDiff_smoke", "nnUNetPlans",
+                                        device=torch.device("cpu"))
         trainer.run_training()
         trainer.perform_actual_validation(False)
         result.update(batch_size=trainer.batch_size, output_folder=trainer.output_folder,
@@ -104,12 +104,12 @@ def run(rank: int, mode: str, world: int, out: str, trainer_name: str = "nnUNetT
 
 
 def main() -> None:
-    mode, world, out, *trainer_name = sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:5]
+    mode, world, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     os.makedirs(out, exist_ok=True)
     if world == 1:
-        run(0, mode, 1, out, *trainer_name)
+        run(0, mode, 1, out)
     else:
-        mp.spawn(run, args=(mode, world, out, *trainer_name), nprocs=world, join=True)
+        mp.spawn(run, args=(mode, world, out), nprocs=world, join=True)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,5 @@
 """nnunetv2_hidiff_benchmark end to end: smoke trainers, 2 folds and the held-out test set of the tiny dataset.
 
-The HiDiff trainer is a subclass of the smoke trainer (written to a scratch nnUNet_extTrainer folder, which the
-benchmark keeps after its own) that validates fewer refinement candidates: the segmentor alone, the refined output
-and one combination with the segmentor (gated, with its gate), not also the new_components and union combinations
-and each of them at 1 step. Each candidate is one more nnU-Net validation of every fold (about 10 s on a 2-core
-machine, most of it nnU-Net's export workers starting); the benchmark reads whatever candidates a fold's record
-holds, so plain refinement and one combination are what it needs here (the report's handling of every kind, other
-steps included, is unit-tested on made-up records in test_benchmark_units.py).
-
 The benchmark writes into its own nnUNet_results folder (the raw/preprocessed data of the session fixture are
 shared), so folds trained by other test modules into the fixture's results tree do not interfere. The HiDiff
 trainer's folds contribute two outputs (``validation_refined/`` and ``validation_segmentor/``, see
@@ -31,11 +23,7 @@ from nnunetv2_hidiff.benchmark.report import fmt_speed
 from nnunetv2_hidiff.benchmark.stats import nan_mean, nan_std
 from tiny_dataset import BIN, nnunet_env
 
-BASE, HIDIFF = "nnUNetTrainerBaseline_smoke", "nnUNetTrainerHiDiff_benchmarkSmoke"
-HIDIFF_SOURCE = (
-    "from nnunetv2_hidiff.training import nnUNetTrainerHiDiff_smoke\n\n\n"
-    f"class {HIDIFF}(nnUNetTrainerHiDiff_smoke):\n"
-    "    decision_extra_steps, decision_combine, decision_gates = (), (), ((0.5, 0.8),)\n")
+BASE, HIDIFF = "nnUNetTrainerBaseline_smoke", "nnUNetTrainerHiDiff_smoke"
 TRAINERS = (BASE, HIDIFF)
 ALONE = f"{HIDIFF}, its segmentor alone"
 # the series of summary.md: label -> (trainer, output)
@@ -67,9 +55,7 @@ def _checkpoint_mtimes(results: Path):
 @pytest.fixture(scope="module")
 def bench(tiny_nnunet, tmp_path_factory):
     results = tmp_path_factory.mktemp("benchmark_results")
-    ext = tmp_path_factory.mktemp("benchmark_ext")
-    (ext / "benchmark_smoke.py").write_text(HIDIFF_SOURCE)
-    env = dict(nnunet_env(tiny_nnunet, ext_trainers=[ext]), nnUNet_results=str(results))
+    env = dict(nnunet_env(tiny_nnunet), nnUNet_results=str(results))
     raw = tiny_nnunet / "raw" / DATASET
     out = results / "bench"
     args = ["-d", "990", "--trainers", *TRAINERS, "--folds", "0", "1", "--test-images", raw / "imagesTs",

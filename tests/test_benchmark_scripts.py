@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -14,17 +13,13 @@ import pytest
 from tiny_dataset import REPO, nnunet_env, run_cli
 
 # a subclass of the smoke trainer with its own results folder (so this module shares no fold with
-# test_trainer_cli.py) and a prior perturbation, which noise_rates.py must report as the trainer's own. Its final
-# validation tries no refinement candidate beyond the refined output (no extra steps, combination or gate): the
-# scripts read the checkpoint only, never the decision or the validation folders, and every candidate would be one
-# more nnU-Net validation of the fold (about 10 s on a 2-core machine)
+# test_trainer_cli.py) and a prior perturbation, which noise_rates.py must report as the trainer's own
 TRAINER = "nnUNetTrainerHiDiff_benchsmoke"
 TRAINER_SOURCE = (
     "from nnunetv2_hidiff.training import nnUNetTrainerHiDiff_smoke\n\n\n"
     f"class {TRAINER}(nnUNetTrainerHiDiff_smoke):\n"
     "    prior_temperature_max = 2.0\n"
-    "    prior_logit_noise = 0.5\n"
-    "    decision_extra_steps, decision_combine, decision_gates = (), (), ()\n")
+    "    prior_logit_noise = 0.5\n")
 PATCH = (40, 32)  # the tiny dataset's 2d patch
 K = 3  # background + 2 labels
 T = 10  # diffusion steps of the smoke model
@@ -49,14 +44,6 @@ def run_script(name: str, args, env: dict, expect_rc: int = 0) -> subprocess.Com
         raise AssertionError(f"{name} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n"
                              f"--- stderr ---\n{proc.stderr[-4000:]}")
     return proc
-
-
-def run_scripts(*calls) -> list:
-    """run_script(*call) for each call, two at a time (independent script runs, most of each one's time is imports
-    and start-up); their CompletedProcesses in order, or the first failure's AssertionError."""
-    with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(run_script, *call) for call in calls]
-        return [f.result() for f in futures]
 
 
 def first_val_cases(root, n: int):
@@ -202,21 +189,8 @@ def test_noise_rates_json_and_segmentor_checkpoint(trained, recomputed, tmp_path
     root, env, fold = trained
     out = tmp_path / "noise.json"
     common = ["-d", "990", "-f", "0", "--cases", "1", "--batches", "2", "--threads", "1"]
-    # a plain nnU-Net checkpoint of the same segmentor, used through another HiDiff trainer with no fold folder
-    # (compared with the trainer's own run below; both runs start together)
-    weights = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
-    segmentor = {k[len("segmentor."):]: v for k, v in weights.items() if k.startswith("segmentor.")}
-    plain_ckpt = tmp_path / "plain_nnunet" / "checkpoint_final.pth"
-    plain_ckpt.parent.mkdir()
-    torch.save({"network_weights": segmentor, "trainer_name": "nnUNetTrainer"}, plain_ckpt)
-    out2 = tmp_path / "noise_plain.json"
-    results_dir = root / "results" / "Dataset990_Tiny"
-    before = sorted(p.name for p in results_dir.iterdir())
-    proc, _ = run_scripts(
-        ("noise_rates.py", [*common, "-tr", TRAINER, "--temperature-max", "1", "3", "--logit-noise", "0",
-                            "--json", out], env),
-        ("noise_rates.py", [*common, "-tr", "nnUNetTrainerHiDiff_real_smoke", "--segmentor-checkpoint", plain_ckpt,
-                            "--json", out2], env))
+    proc = run_script("noise_rates.py", [*common, "-tr", TRAINER, "--temperature-max", "1", "3",
+                                         "--logit-noise", "0", "--json", out], env)
     assert "validation (eval mode, softmax)" in proc.stdout
     result = json.loads(out.read_text())["folds"][0]
     val = result["validation"]
@@ -244,7 +218,17 @@ def test_noise_rates_json_and_segmentor_checkpoint(trained, recomputed, tmp_path
     assert rows[3]["mean_abs_diff"] != plain["mean_abs_diff"]  # τ_max = 3 softens the prior
     assert plain["argmax_error_share"] == rows[3]["argmax_error_share"]  # a temperature keeps the argmax
 
-    # the plain checkpoint's run
+    # a plain nnU-Net checkpoint of the same segmentor, used through another HiDiff trainer with no fold folder
+    weights = torch.load(fold / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    segmentor = {k[len("segmentor."):]: v for k, v in weights.items() if k.startswith("segmentor.")}
+    plain_ckpt = tmp_path / "plain_nnunet" / "checkpoint_final.pth"
+    plain_ckpt.parent.mkdir()
+    torch.save({"network_weights": segmentor, "trainer_name": "nnUNetTrainer"}, plain_ckpt)
+    out2 = tmp_path / "noise_plain.json"
+    results_dir = root / "results" / "Dataset990_Tiny"
+    before = sorted(p.name for p in results_dir.iterdir())
+    run_script("noise_rates.py", [*common, "-tr", "nnUNetTrainerHiDiff_real_smoke", "--segmentor-checkpoint",
+                                  plain_ckpt, "--json", out2], env)
     assert sorted(p.name for p in results_dir.iterdir()) == before  # no empty fold folder left behind
     result2 = json.loads(out2.read_text())["folds"][0]
     assert result2["model"] == str(plain_ckpt)
@@ -256,11 +240,12 @@ def test_noise_rates_json_and_segmentor_checkpoint(trained, recomputed, tmp_path
 
 def test_missing_checkpoint_is_a_clear_error(trained):
     root, env, _ = trained
-    proc, proc2 = run_scripts(
-        ("sampler_ablation.py", ["-d", "990", "-tr", TRAINER, "-f", "3", "--cases", "1"], env, 2),
-        ("noise_rates.py", ["-d", "990", "-tr", TRAINER, "--segmentor-checkpoint", root / "nothing.pth"], env, 2))
+    proc = run_script("sampler_ablation.py", ["-d", "990", "-tr", TRAINER, "-f", "3", "--cases", "1"], env,
+                      expect_rc=2)
     assert "no checkpoint" in proc.stderr and "fold_3" in proc.stderr and "Traceback" not in proc.stderr
-    assert "does not exist" in proc2.stderr
+    proc = run_script("noise_rates.py", ["-d", "990", "-tr", TRAINER, "--segmentor-checkpoint",
+                                         root / "nothing.pth"], env, expect_rc=2)
+    assert "does not exist" in proc.stderr
 
 
 def test_gpu_check_says_plainly_that_it_needs_cuda():
@@ -522,15 +507,14 @@ def test_decision_rules_replays_the_trainers_decision_with_a_dice_tolerance(tmp_
         {**cand(True, 1, "gated", 0.8240, 5.20), "gate": [0.5, 0.9]},   # −0.0002
         {**cand(True, 1, "gated", 0.8241, 5.40), "gate": [0.5, 0.8]}]}}))  # −0.0001: the tolerant rule's choice
     out = tmp_path / "rules.json"
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"trainer": "x"}))
-    proc, err = run_scripts(("decision_rules.py", [rec, "--min-dice-gain", "0", "-0.001", "--json", out],
-                             dict(os.environ)),
-                            ("decision_rules.py", [bad], dict(os.environ), 1))
+    proc = run_script("decision_rules.py", [rec, "--min-dice-gain", "0", "-0.001", "--json", out], dict(os.environ))
     rows = json.loads(out.read_text())
     strict, tolerant = rows[0]["rules"]["0.0"], rows[0]["rules"]["-0.001"]
     assert (strict["refine"], strict["choice"]) == (False, "segmentor")
     assert (tolerant["refine"], tolerant["steps"], tolerant["combine"], tolerant["gate"]) == (True, 1, "gated", [0.5, 0.8])
     assert (tolerant["dice"], tolerant["hd95"]) == (0.8241, 5.40)  # that gate's scores, not the first gated candidate's
     assert "gated a500_r800 1 steps: 0.8241 / 5.400" in proc.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"trainer": "x"}))
+    err = run_script("decision_rules.py", [bad], dict(os.environ), expect_rc=1)
     assert "bad.json" in err.stderr and "decision.candidates" in err.stderr

@@ -9,7 +9,6 @@ segmentor, refiner and EMA weights, the ranks' diffusion draws differ, and a bad
 rank skip the step (none is left waiting in an all-reduce)."""
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,23 +17,13 @@ import torch
 from tiny_dataset import nnunet_env
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-# the route test's trainer: the smoke trainer whose final validation tries no refinement candidate beyond the
-# refined output (no extra steps, combination or gate). The claims there (both ranks validate, rank 0 writes the
-# segmentor and refined outputs, validation/ and the decision once) need those two runs of nnU-Net's validation;
-# each further candidate is one more run of it on both ranks (about 10 s each on a 2-core machine, most of it
-# nnU-Net's export workers starting), the same code path again
-ROUTE_TRAINER = "nnUNetTrainerHiDiff_ddpSmoke"
-ROUTE_TRAINER_SOURCE = (
-    "from nnunetv2_hidiff.training import nnUNetTrainerHiDiff_smoke\n\n\n"
-    f"class {ROUTE_TRAINER}(nnUNetTrainerHiDiff_smoke):\n"
-    "    decision_extra_steps, decision_combine, decision_gates = (), (), ()\n")
 
 
-def _run(root, mode: str, world: int, out: Path, trainer: str = None, ext_trainers=()) -> list:
-    env = nnunet_env(root, ext_trainers=ext_trainers)
+def _run(root, mode: str, world: int, out: Path) -> list:
+    env = nnunet_env(root)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(WORKER), mode, str(world), str(out), *([trainer] if trainer else [])],
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, str(WORKER), mode, str(world), str(out)], env=env,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{mode} x{world} failed\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
@@ -46,22 +35,9 @@ def _assert_same(a: dict, b: dict, **tol) -> None:
 
 
 @pytest.fixture(scope="module")
-def ddp_runs(tiny_nnunet, tmp_path_factory):
-    """The worker's step modes, started here two at a time (independent processes of one thread each, much of
-    their time spent importing): the two ranks' steps, the single-process reference and the two ranks' clean-batch
-    steps. name -> Future of _run's list of rank results; a test that calls result() fails with its run's error."""
+def ddp_steps(tiny_nnunet, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_steps")
-    pool = ThreadPoolExecutor(2)
-    try:
-        yield {name: pool.submit(_run, tiny_nnunet, mode, world, out / name)
-               for name, mode, world in (("ddp", "steps", 2), ("single", "warmup", 1), ("clean", "clean", 2))}
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-@pytest.fixture(scope="module")
-def ddp_steps(ddp_runs):
-    return ddp_runs["ddp"].result(), ddp_runs["single"].result()[0]
+    return _run(tiny_nnunet, "steps", 2, out / "ddp"), _run(tiny_nnunet, "warmup", 1, out / "single")[0]
 
 
 def test_segmentor_steps_under_ddp_equal_one_process_on_the_whole_batch(ddp_steps):
@@ -86,10 +62,10 @@ def test_hidiff_steps_keep_every_rank_identical_and_skip_a_bad_batch_together(dd
     assert not torch.equal(r0["draws"][0], r1["draws"][0])  # each rank its own diffusion noise
 
 
-def test_clean_refiner_batches_keep_ranks_identical_and_skip_a_bad_clean_batch_together(ddp_runs):
+def test_clean_refiner_batches_keep_ranks_identical_and_skip_a_bad_clean_batch_together(tiny_nnunet, tmp_path):
     """refiner_batches = "clean" under DDP: a NaN clean batch on one rank makes every rank skip the step (the refiner
     step's decision is taken by all ranks together), and the ranks stay identical."""
-    r0, r1 = [r["clean"] for r in ddp_runs["clean"].result()]
+    r0, r1 = [r["clean"] for r in _run(tiny_nnunet, "clean", 2, tmp_path / "clean")]
     assert r0["refiner_wrapped"]
     assert r0["skipped"] == r1["skipped"] == [0, 1, 0]
     _assert_same(r0["final"], r1["final"], rtol=0, atol=0)
@@ -97,17 +73,13 @@ def test_clean_refiner_batches_keep_ranks_identical_and_skip_a_bad_clean_batch_t
     assert changed == {"segmentor", "refiner"}
 
 
-def test_nnunet_ddp_route_trains_validates_and_writes_once(nnunet_paths, tmp_path, monkeypatch):
-    """get_trainer_from_args + run_training + perform_actual_validation on two ranks, as nnU-Net's run_ddp (of
-    ROUTE_TRAINER, from the user's nnUNet_extTrainer): the plan's batch of 2 is split 1 + 1, rank 0 writes the
-    checkpoint, both validation outputs and the decision, and the checkpoint loads strictly into the network
-    nnUNetv2_predict builds."""
+def test_nnunet_ddp_route_trains_validates_and_writes_once(nnunet_paths, tmp_path):
+    """get_trainer_from_args + run_training + perform_actual_validation on two ranks, as nnU-Net's run_ddp:
+    the plan's batch of 2 is split 1 + 1, rank 0 writes the checkpoint, both validation outputs and the
+    decision, and the checkpoint loads strictly into the network nnUNetv2_predict builds."""
     import json
 
-    ext = tmp_path / "ext"
-    ext.mkdir()
-    (ext / "ddp_smoke.py").write_text(ROUTE_TRAINER_SOURCE)
-    r0, r1 = _run(nnunet_paths, "train", 2, tmp_path / "ranks", ROUTE_TRAINER, [ext])
+    r0, r1 = _run(nnunet_paths, "train", 2, tmp_path)
     assert r0["is_ddp"] and r0["device"] == "cpu" and r0["batch_size"] == r1["batch_size"] == 1
     fold = Path(r0["output_folder"])
     record = json.loads((fold / "hidiff_fold.json").read_text())
@@ -120,8 +92,7 @@ def test_nnunet_ddp_route_trains_validates_and_writes_once(nnunet_paths, tmp_pat
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in checkpoint["network_weights"])
     from trainer_utils import make_trainer
 
-    monkeypatch.setenv("nnUNet_extTrainer", nnunet_env(nnunet_paths, ext_trainers=[ext])["nnUNet_extTrainer"])
-    tr = make_trainer(ROUTE_TRAINER)
+    tr = make_trainer("nnUNetTrainerHiDiff_smoke")
     fresh = tr.build_network_architecture(tr.plans_manager, tr.configuration_manager, 1,
                                           tr.label_manager.num_segmentation_heads, enable_deep_supervision=False)
     fresh.load_state_dict(checkpoint["network_weights"])
