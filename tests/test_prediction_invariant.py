@@ -122,6 +122,12 @@ def test_changed_class_defaults_change_nothing_a_trained_fold_predicts(folds):
         assert proc.returncode != 0
         assert f"prior_residual = False in the checkpoint ({REF}), True in {REF}" in proc.stderr
         assert not list((folds["tmp"] / "arch").glob("*.nii.gz"))
+        proc = subprocess.run([str(BIN / "nnunetv2_hidiff_predict"), "-i", str(folds["images"]), "-o",
+                               str(folds["tmp"] / "arch"), "-tr", REF, *PREDICT], env=folds["env"],
+                              capture_output=True, text=True)  # ours says it in one line, without a traceback
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"prior_residual = False in the checkpoint ({REF}), True in {REF}" in proc.stderr.strip().splitlines()[-1]
+        assert not list((folds["tmp"] / "arch").glob("*.nii.gz"))
     finally:
         ext.write_text(TRAINERS.format(extra=""))
 

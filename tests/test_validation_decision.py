@@ -71,3 +71,59 @@ def test_gated_candidates_compete_and_the_decision_carries_the_gate():
     assert d["combine"] == "gated" and d["gate"] == [0.5, 0.8] and "exceeds 0.5 on the segmentor's" in d["reason"]
     assert "gate" not in decide(seg, [union, {**gated, "dice": 0.805}])  # the union wins: no gate in the decision
     assert "gate" not in decide(seg, [{**gated, "hd95": 2.5}])  # the segmentor alone
+
+
+def test_the_cascade_input_of_a_fold_is_its_decided_candidates(tmp_path, monkeypatch):
+    """nnU-Net writes predicted_next_stage/ on every validation run; after the candidates ran, this fold's files
+    there are the decided candidate's (not the last one's), and other folds' files are left alone."""
+    from types import SimpleNamespace
+
+    from nnunetv2_hidiff.networks.config import HiDiffConfig
+    from nnunetv2_hidiff.networks.hidiff_network import FORCEABLE
+    from nnunetv2_hidiff.training import validation
+
+    class Net:
+        output_space = "log"
+        decision = None
+
+        def force(self, **settings):
+            for k, value in settings.items():
+                setattr(self, k, value)
+
+        def set_decision(self, decision):
+            self.decision = decision
+
+    net = Net()
+    net.force(**{k: None for k in FORCEABLE})
+    config = HiDiffConfig()
+    base = tmp_path / "model"
+    out = base / "fold_0"
+    out.mkdir(parents=True)
+    next_stage = base / "predicted_next_stage" / "3d_cascade_fullres"
+    next_stage.mkdir(parents=True)
+    (next_stage / "other_fold_case.npz").write_text("fold 1's")
+
+    def name():
+        return "segmentor" if not net.refine else f"{net.combine}_{net.steps}"
+
+    def run_validation(save_probabilities):  # what nnU-Net's perform_actual_validation leaves behind
+        (out / "validation").mkdir(exist_ok=True)
+        (out / "validation" / "case_a.nii.gz").write_text(name())
+        (next_stage / "case_a.npz").write_text(name())
+
+    winner = f"none_{config.default_steps + 1}"  # an extra step count, neither the first nor the last run
+    assert winner[5:].isdigit() and int(winner[5:]) in config.decision_extra_steps
+
+    def score(trainer, folder):
+        return {"foreground_mean": {"Dice": 0.9 if name() == winner else 0.5, "HD95": 1.0}}
+
+    monkeypatch.setattr(validation, "extend_validation_summary", score)
+    trainer = SimpleNamespace(hidiff=net, hidiff_configuration=config, output_folder=str(out),
+                              output_folder_base=str(base), do_split=lambda: (["case_b"], ["case_a"]), local_rank=0,
+                              configuration_manager=SimpleNamespace(next_stage_names=["3d_cascade_fullres"]),
+                              print_to_log_file=lambda *a, **k: None, validated_checkpoint=None)
+    decision = validation.validate_and_decide(trainer, run_validation)
+    assert (decision["refine"], decision["steps"], decision["combine"]) == (True, int(winner[5:]), "none")
+    assert (out / "validation" / "case_a.nii.gz").read_text() == winner
+    assert (next_stage / "case_a.npz").read_text() == winner
+    assert (next_stage / "other_fold_case.npz").read_text() == "fold 1's"

@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 
+from nnunetv2_hidiff.networks.config import HiDiffConfigurationError
 from nnunetv2_hidiff.training.inference_settings import (COMBINES, ENV_COMBINE, ENV_GATE, ENV_REFINE, ENV_SAMPLES,
                                                          ENV_SEED, ENV_STEPS, ENV_TRANSITION, TRANSITIONS, parse_gate)
 
@@ -44,6 +45,13 @@ def parse(argv):
     parser.add_argument("--gate", metavar="ADD,REMOVE",
                         help="gate of --combine gated: the refined probability an addition (segmentor background) "
                              "and a removal must exceed, e.g. 0.5,0.8 (default: the gate stored with the decision)")
+    parser.add_argument("--uncertainty", nargs="+", metavar="SOURCE",
+                        help="also write per-voxel uncertainty maps (normalised entropy of the mean predictive "
+                             "distribution) into OUT/uncertainty_<SOURCE>/ and a row per case into "
+                             "OUT/uncertainty.csv; SOURCE: samples (refiner samples, HiDiff models), softmax, "
+                             "mirroring, folds (at least two -f folds); see nnunetv2_hidiff.cli.uncertainty")
+    parser.add_argument("--uncertainty-samples", type=int, default=None, metavar="N",
+                        help="refiner samples of --uncertainty samples (default 8, at least 2)")
     parser.add_argument("--skip-bad-inputs", action="store_true",
                         help="skip the input cases with a bad file and predict the others (default: name the bad "
                              "files and predict nothing)")
@@ -53,6 +61,15 @@ def parse(argv):
     if "--skip-bad-inputs" in rest:  # also after "--": nnU-Net has no such option
         args.skip_bad_inputs = True
         rest = [a for a in rest if a != "--skip-bad-inputs"]
+    if args.uncertainty:
+        from nnunetv2_hidiff.cli.uncertainty import SOURCES
+
+        unknown = [u for u in args.uncertainty if u not in SOURCES]
+        if unknown:
+            parser.error(f"--uncertainty: unknown source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
+        args.uncertainty = list(dict.fromkeys(args.uncertainty))
+    if args.uncertainty_samples is not None and not (args.uncertainty and "samples" in args.uncertainty):
+        parser.error("--uncertainty-samples goes with --uncertainty samples")
     for name, value in (("--steps", args.steps), ("--samples", args.samples)):
         if value is not None and value < 1:
             parser.error(f"{name} must be at least 1, got {value}")
@@ -77,10 +94,52 @@ def main(argv=None) -> None:
         from nnunetv2.inference.predict_from_raw_data import predict_entry_point
 
         sys.argv = ["nnUNetv2_predict"] + rest + (["-i", good_inputs] if good_inputs else [])  # the last -i counts
-        predict_entry_point()
+        try:
+            uncertainty = uncertainty_predictor(args, rest) if args.uncertainty else None  # refused before predicting
+            predict_entry_point()
+            if uncertainty is not None:
+                from nnunetv2_hidiff.cli.uncertainty import input_cases, write_uncertainty_maps
+
+                predictor, known, samples = uncertainty
+                cases = input_cases(good_inputs or known.i, predictor.dataset_json["file_ending"])
+                write_uncertainty_maps(args.uncertainty, predictor, cases, known.o, samples)
+        except HiDiffConfigurationError as e:  # a checkpoint that does not fit the -tr class: the message says why
+            print(f"nnunetv2_hidiff_predict: {e}", file=sys.stderr)
+            sys.exit(2)
     finally:
         if good_inputs:
             shutil.rmtree(good_inputs, ignore_errors=True)
+
+
+def uncertainty_predictor(args, rest):
+    """(predictor, nnU-Net's arguments, samples) for --uncertainty, the request checked first (one line and exit
+    status 2 when the model cannot serve it)."""
+    import torch
+
+    from nnunetv2_hidiff.cli.input_check import model_folder
+    from nnunetv2_hidiff.cli.uncertainty import (DEFAULT_SAMPLES, UncertaintyRequestError, build_predictor,
+                                                 check_request)
+
+    known = nnunet_arguments(rest)
+    if known is None:
+        print("nnunetv2_hidiff_predict: --uncertainty needs nnUNetv2_predict's -i, -o, -d and -c", file=sys.stderr)
+        sys.exit(2)
+    folds = known.f if known.f else ["0", "1", "2", "3", "4"]  # nnUNetv2_predict's default
+    device = torch.device(known.device or "cuda")
+    if device.type == "cpu":
+        import multiprocessing
+
+        torch.set_num_threads(multiprocessing.cpu_count())  # as nnUNetv2_predict does
+    samples = args.uncertainty_samples or DEFAULT_SAMPLES
+    try:
+        predictor = build_predictor(model_folder(known.d, known.tr, known.p, known.c), folds,
+                                    known.chk or "checkpoint_final.pth", device,
+                                    float(known.step_size) if known.step_size else 0.5, not known.disable_tta)
+        check_request(args.uncertainty, predictor, folds, samples)
+    except (UncertaintyRequestError, FileNotFoundError) as e:
+        print(f"nnunetv2_hidiff_predict: {e}", file=sys.stderr)
+        sys.exit(2)
+    return predictor, known, samples
 
 
 class _NotParsed(Exception):
@@ -107,6 +166,7 @@ def nnunet_arguments(rest):
     for name in ("-step_size", "-chk", "-npp", "-nps", "-prev_stage_predictions", "-num_parts", "-part_id",
                  "-device"):
         parser.add_argument(name)
+    parser.add_argument("--disable_tta", action="store_true")
     try:
         known, _ = parser.parse_known_args(rest)
     except _NotParsed:

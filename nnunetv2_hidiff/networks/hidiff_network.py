@@ -241,8 +241,11 @@ class HiDiffNetwork(nn.Module):
         if stored.packed_inference != self.config.packed_inference:
             self.packed = stored.packed_inference  # the kernels the fold validated with
         self.config = stored  # the stored training, decision and sampler settings win over the class's current ones
-        self.decision = check_decision(state.get("decision"), self.diffusion.num_steps)
-        self._environment_applied = self._told_undecided = False
+        decision = check_decision(state.get("decision"), self.diffusion.num_steps)
+        if decision != self.decision:  # the same checkpoint loaded again (nnU-Net does, per case) tells once
+            self._told_undecided = False
+        self.decision = decision
+        self._environment_applied = False
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         own = self.refiner.state_dict(prefix=prefix + "refiner.")
@@ -321,13 +324,14 @@ class HiDiffNetwork(nn.Module):
 
     @torch.no_grad()
     def refine_prior(self, x: torch.Tensor, prior: torch.Tensor, features: Sequence[torch.Tensor],
-                     steps: Optional[int] = None, settings: Optional[dict] = None) -> torch.Tensor:
+                     steps: Optional[int] = None, settings: Optional[dict] = None,
+                     return_samples: bool = False) -> torch.Tensor:
         """The reverse chain: y_T ~ B(p), ``steps`` DDIM steps, ŷ0 averaged over ``samples`` (``settings``: a dict
         as :meth:`settings` returns, default that; ``steps`` replaces its steps). The random fields come from a fresh CPU generator seeded with
         ``seed`` per call: deterministic, and the same on every device.
 
         All samples run as one batch (B·S), and the segmentor skips are projected once for the whole chain.
-        Returns ŷ0 (B, K, *sp), soft, float32.
+        Returns ŷ0 (B, K, *sp), soft, float32; with ``return_samples`` every sample's ŷ0, (S, B, K, *sp).
         """
         s = dict(self.settings() if settings is None else settings, **({"steps": steps} if steps else {}))
         sampler = self._sampler_class()(self.diffusion, num_inference_steps=s["steps"], final="mean",
@@ -345,4 +349,5 @@ class HiDiffNetwork(nn.Module):
             eps_hat = torch.sigmoid(self.refiner(x, y, prior, t, projected=projected).float())
             out = sampler.step(eps_hat, t, y, prior, generator=generator)
             y = out.prev_sample
-        return out.pred_y0.view(n, -1, *out.pred_y0.shape[1:]).mean(0)
+        y0 = out.pred_y0.view(n, -1, *out.pred_y0.shape[1:])
+        return y0 if return_samples else y0.mean(0)
